@@ -1,0 +1,3 @@
+from reta.cli import main
+
+raise SystemExit(main())

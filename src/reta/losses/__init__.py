@@ -1,0 +1,1 @@
+"""Loss functions as pure functions of tensors (knowledge distillation in `kd`)."""

@@ -1,0 +1,298 @@
+"""THE recover loop (SRe2L / FADRM / RETA), restated from method-reference §2.3.
+
+    x <- init (normalised) resized to D_1
+    for stage s: fresh Adam(betas 0.5, 0.9); per global step t: lr = cosine over the whole budget,
+        view = same RandomResizedCrop(D_s) + flip for the batch, roll by U{0..jitter}^2,
+        loss = CE + r_bn * BN-matching (+ lambda_topo * PTA), step, clamp to the pixel box
+    after every stage but the last: x <- alpha*resize(x) + (1-alpha)*resize(anchor)
+        anchor = the fixed init patch (FADRM) or the DRC retrieval (RETA)
+
+Work is split into groups of slots (class, ipc index) that are optimised together: class-mixed
+(SRe2L/FADRM: one image per class per batch) or per-class (all ipc images of a few classes,
+which PTA needs). Each group draws its randomness from its own generator seeded by
+(run seed, group key), so the output does not depend on the number of processes, the order of
+groups, or interruptions: groups are assigned round-robin to torchrun ranks, written atomically
+with a ledger entry, and skipped when already done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reta import io
+from reta.config import RecoverConfig
+from reta.data.augment import apply_flips, crop_resize, rrc_boxes
+from reta.data.dataset import ImageSet
+from reta.distilled import image_path, to_uint8, write_manifest, write_png
+from reta.errors import RetaError
+from reta.losses.bn import BNStatHooks
+from reta.recover.anchors import FixedAnchors, RetrievalAnchors, mix
+from reta.recover.init import noise_images, rded_images, real_images
+from reta.recover.pta import TopologyAlignment
+from reta.retrieval.pool import Pool, resample
+from reta.retrieval.score import shared_anchor_fraction
+from reta.runtime import autocast, autocast_dtype, derive_seed, peak_memory_mb
+from reta.teacher import Teacher, cosine_lr
+
+LEDGER = "progress"
+RUN_RECORD = "run.json"
+
+
+def stage_plan(cfg: RecoverConfig, native: int) -> tuple[list[int], list[int]]:
+    """(sizes, budgets) per stage; budgets split `iterations` evenly, remainder to the last stage."""
+    if cfg.iterations == 0:
+        return [native], [0]
+    n = len(cfg.stage_budgets) or len(cfg.stage_sizes) or cfg.num_stages
+    budgets = list(cfg.stage_budgets) or [cfg.iterations // n] * (n - 1) + [cfg.iterations - (cfg.iterations // n) * (n - 1)]
+    sizes = list(cfg.stage_sizes) or [native] * n
+    if len(sizes) != len(budgets):
+        raise RetaError(f"stage_sizes has {len(sizes)} entries but stage_budgets {len(budgets)}; give one per stage")
+    if sizes[-1] != native:
+        raise RetaError(f"stage_sizes must end at the dataset's size {native} (got {sizes[-1]}): the last stage makes the final image")
+    if any(b < 0 for b in budgets) or sum(budgets) == 0:
+        raise RetaError(f"stage budgets {budgets}: need non-negative steps and at least one in total")
+    return sizes, budgets
+
+
+def plan_groups(num_classes: int, ipc: int, batch_size: int, composition: str) -> list[np.ndarray]:
+    """Flat slot indices (class*ipc + ipc_idx) per group, in a fixed order independent of world size."""
+    if composition == "class-mixed":
+        return [np.array([c * ipc + i for c in range(s, min(s + batch_size, num_classes))])
+                for i in range(ipc) for s in range(0, num_classes, batch_size)]
+    if composition == "per-class":
+        per = max(1, batch_size // ipc)
+        return [np.array([c * ipc + i for c in range(s, min(s + per, num_classes)) for i in range(ipc)])
+                for s in range(0, num_classes, per)]
+    raise RetaError(f"batch_composition={composition!r}: use class-mixed or per-class")
+
+
+def roll(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
+    if jitter <= 0:
+        return x
+    dh, dw = torch.randint(0, jitter + 1, (2,), generator=gen).tolist()
+    return torch.roll(x, shifts=(dh, dw), dims=(2, 3))
+
+
+def augment_view(x: torch.Tensor, size: int, cfg: RecoverConfig, gen: torch.Generator) -> torch.Tensor:
+    """One crop box and one flip for the whole batch (as SRe2L/FADRM), then a circular roll."""
+    if cfg.crop_scale_min < 1.0:
+        box = rrc_boxes(1, cfg.crop_scale_min, gen).expand(len(x), 4)
+        x = crop_resize(x, box, size)
+    elif x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if cfg.flip:
+        flip = torch.rand(1, generator=gen) < 0.5
+        x = apply_flips(x, flip.expand(len(x)))
+    return roll(x, cfg.jitter, gen)
+
+
+class Recover:
+    """Holds what every group needs: teachers and their hooks, init source, anchors, PTA."""
+
+    def __init__(self, train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_dir: Path,
+                 dev: torch.device, cache_dir: Path | None = None, progress: bool = True):
+        self.train, self.cfg, self.out, self.dev, self.progress = train, cfg, Path(out_dir), dev, progress
+        self.info = train.info
+        self.teachers = [t.model.to(dev) for t in teachers]
+        self.teacher_hashes = [t.weights_hash for t in teachers]
+        self.dtype = autocast_dtype(cfg.precision, dev)
+        if cfg.channels_last:
+            self.teachers = [m.to(memory_format=torch.channels_last) for m in self.teachers]
+        self.sizes, self.budgets = stage_plan(cfg, self.info.image_size)
+        self.total_steps = sum(self.budgets) if cfg.iterations else 0
+        self.timer = io.Timer()
+        self._init_cache: dict[int, torch.Tensor] = {}
+        self.hooks = [BNStatHooks(m) for m in self.teachers] if self.total_steps else []
+        if self.total_steps and any(not h.layers for h in self.hooks):
+            raise RetaError("a teacher has no BatchNorm layers; BN-matching methods need a BN teacher (e.g. convnet3, resnet18)")
+        self.pool = None
+        if cfg.drc.enabled or cfg.pta.enabled:
+            self.pool = Pool(train, self.teachers[0], self.teacher_hashes[0], sorted(set(self.sizes) | {self.info.image_size}),
+                             cfg.drc.pool_per_class, cfg.seed, dev, cache_dir, cfg.drc.feature_batch)
+        if cfg.drc.enabled and cfg.drc.distinct and cfg.batch_composition != "per-class":
+            raise RetaError("drc.distinct=true needs batch_composition=per-class (a class's images must be in one group)")
+        self.anchors = (RetrievalAnchors(cfg.drc, self.pool, self.teachers[0]) if cfg.drc.enabled
+                        else FixedAnchors(self.init_of))
+        self.pta = None
+        if cfg.pta.enabled and cfg.pta.weight > 0 and self.total_steps:
+            self.pta = TopologyAlignment(cfg.pta, cfg.ipc, lambda c: self.pool.get(c)[f"z{self.info.image_size}"],
+                                         self.teachers[0], cfg.seed, dev, self.dtype)
+
+    # -- initial images ---------------------------------------------------------------------
+    def init_class(self, c: int) -> torch.Tensor:
+        """Normalised (ipc,3,S,S) initial images of class c, computed once per process."""
+        if c not in self._init_cache:
+            cfg = self.cfg
+            if cfg.init == "noise":
+                x = noise_images(self.info, c, cfg.ipc, cfg.seed)
+            elif cfg.init == "real":
+                x = real_images(self.train, c, cfg.ipc, cfg.seed)
+            elif cfg.init == "rded":
+                x = rded_images(self.train, self.teachers[0], c, cfg.ipc, cfg.seed, cfg.rded_candidates, cfg.rded_crops,
+                                cfg.rded_factor, self.dev, self.dtype).cpu()
+            else:
+                raise RetaError(f"init={cfg.init!r}: use noise, real or rded")
+            self._init_cache[c] = x
+        return self._init_cache[c]
+
+    def init_of(self, flat_idx: np.ndarray) -> torch.Tensor:
+        ipc = self.cfg.ipc
+        return torch.stack([self.init_class(int(f) // ipc)[int(f) % ipc] for f in flat_idx]).to(self.dev)
+
+    # -- one group ----------------------------------------------------------------------------
+    def run_group(self, key: int, flat_idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        labels = torch.as_tensor(flat_idx // cfg.ipc, device=self.dev)
+        x = resample(self.init_of(flat_idx), self.sizes[0]) if self.sizes[0] != self.info.image_size else self.init_of(flat_idx)
+        x = x.clone()
+        if not self.total_steps:
+            return x, {"stages": []}
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "group", key))
+        low, high = self.info.pixel_bounds(self.dev)
+        if self.pta is not None:
+            with self.timer("pta"):
+                self.pta.begin_group(labels, self._other_slot_features(flat_idx))
+        stages, step = [], 0
+        for s, (size, budget) in enumerate(zip(self.sizes, self.budgets)):
+            x = x.detach().requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+            sums = {"ce": 0.0, "bn": 0.0, "topo": 0.0}
+            for local in range(budget):
+                t = sum(self.budgets[:s]) + local
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
+                which = t % len(self.teachers)
+                model = self.teachers[which]
+                view = augment_view(x, size, cfg, gen)
+                if cfg.channels_last:
+                    view = view.contiguous(memory_format=torch.channels_last)
+                with autocast(self.dtype, self.dev):
+                    feats = model.features(view)
+                    logits = model.head(feats)
+                ce = F.cross_entropy(logits.float(), labels)
+                bn = self.hooks[which].loss(cfg.first_bn_multiplier)
+                loss = ce + cfg.r_bn * bn
+                if self.pta is not None:
+                    with self.timer("pta"):
+                        if which != 0:
+                            with autocast(self.dtype, self.dev):
+                                self.hooks[0].enabled = False
+                                feats = self.teachers[0].features(view)
+                                self.hooks[0].enabled = True
+                        loss = loss + self.pta.term(step, x, feats)
+                        sums["topo"] += self.pta.last_value
+                if not torch.isfinite(loss):
+                    raise RetaError(f"recover: non-finite loss ({loss.item()}) at stage {s + 1} step {local}; "
+                                    f"lower --set lr={cfg.lr} or r_bn={cfg.r_bn}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    x.data = torch.maximum(torch.minimum(x.data, high), low)
+                sums["ce"] += float(ce.detach())
+                sums["bn"] += float(bn.detach())
+                step += 1
+                if self._bar is not None:
+                    self._bar.update(1)
+            stages.append({"size": size, "steps": budget, **{k: v / max(1, budget) for k, v in sums.items()},
+                           "final_ce": float(ce.detach()), "final_bn": float(bn.detach())})
+            if s < len(self.sizes) - 1:
+                with torch.no_grad():
+                    x = x.detach()
+                    with self.timer("drc" if self.cfg.drc.enabled else "anchors"):
+                        anchor = self.anchors.anchors(flat_idx, labels, x, s + 1, self.sizes[s + 1])
+                    x = mix(x, anchor, cfg.alpha, self.sizes[s + 1])
+        return x.detach(), {"stages": stages}
+
+    def _other_slot_features(self, flat_idx: np.ndarray) -> dict[int, torch.Tensor]:
+        """Clean features of each class's slots outside this group, at their initial state.
+
+        Using the initial state (not whatever another group has reached) keeps every group's
+        result independent of processing order and of the number of ranks.
+        """
+        ipc = self.cfg.ipc
+        inside = set(flat_idx.tolist())
+        out = {}
+        for c in sorted(set((flat_idx // ipc).tolist())):
+            rest = [c * ipc + i for i in range(ipc) if c * ipc + i not in inside]
+            if rest:
+                x = self.init_of(np.array(rest))
+                out[c] = self.pta.clean_features(resample(x, self.sizes[0]))
+        return out
+
+    # -- whole run ----------------------------------------------------------------------------
+    def run(self, rank: int = 0, world: int = 1) -> dict:
+        from tqdm import tqdm
+
+        groups = plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
+        ledger = self.out / LEDGER
+        mine = [(g, idx) for g, idx in enumerate(groups) if g % world == rank and not (ledger / f"group_{g:05d}.json").is_file()]
+        skipped = sum(1 for g in range(len(groups)) if g % world == rank) - len(mine)
+        t0 = time.time()
+        self._bar = tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
+                         disable=not self.progress or not self.total_steps or not mine)
+        for g, idx in mine:
+            before_timer, before_records = dict(self.timer.totals), len(getattr(self.anchors, "records", []))
+            t_group = time.time()
+            x, record = self.run_group(g, idx)
+            record["timings"] = {k: v - before_timer.get(k, 0.0) for k, v in self.timer.totals.items()}
+            record["drc"] = self.anchors.records[before_records:] if self.cfg.drc.enabled else []
+            images = to_uint8(self.info.denormalise(x.float())).cpu()
+            for f, img in zip(idx, images):
+                write_png(image_path(self.out, int(f) // self.cfg.ipc, int(f) % self.cfg.ipc, self.info.num_classes), img)
+            record.update(group=g, slots=idx.tolist(), seconds=time.time() - t_group)
+            io.write_json(ledger / f"group_{g:05d}.json", record)
+            if not self.total_steps and self.progress:
+                print(f"  group {g + 1}/{len(groups)} selected", flush=True)
+        self._bar.close()
+        for h in self.hooks:
+            h.remove()
+        return {"groups": len(groups), "done_here": len(mine), "resumed": skipped, "seconds": time.time() - t0,
+                "peak_memory_mb": peak_memory_mb(self.dev)}
+
+    _bar = None
+
+
+def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: float, extra: dict) -> dict:
+    """Collect the ledger entries of all groups (any rank, any earlier attempt) into manifest.json.
+
+    Written last: its presence marks the distilled set complete.
+    """
+    cfg, info = recover.cfg, recover.info
+    groups = plan_groups(info.num_classes, cfg.ipc, cfg.batch_size, cfg.batch_composition)
+    ledger = [io.read_json(out_dir / LEDGER / f"group_{g:05d}.json") for g in range(len(groups))]
+    drc = [r for entry in ledger for r in entry.pop("drc", [])]
+    timings: dict[str, float] = {}
+    for entry in ledger:
+        for k, v in entry.get("timings", {}).items():
+            timings[k] = timings.get(k, 0.0) + v
+    n_images = info.num_classes * cfg.ipc
+    compute = sum(entry["seconds"] for entry in ledger)
+    manifest = {
+        "method": cfg.method, "config": dataclasses.asdict(cfg), "seeds": {"run": cfg.seed, "rule": "derive_seed(seed, 'group', g) per group; per class for init"},
+        "teacher_sha256": recover.teacher_hashes, "stage_sizes": recover.sizes, "stage_budgets": recover.budgets,
+        "groups": ledger, "timings": {"wall_seconds": seconds, "group_seconds": compute, "seconds_per_image": compute / n_images, **timings},
+        "drc_share": timings.get("drc", 0.0) / max(compute, 1e-9), "pta_share": timings.get("pta", 0.0) / max(compute, 1e-9),
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries), "drc_selections": drc,
+        "shared_anchor_fraction": _shared_fraction(drc, cfg.ipc), "versions": io.versions(), **extra,
+    }
+    write_manifest(out_dir, info, cfg.ipc, manifest)
+    return manifest
+
+
+def _shared_fraction(records: list[dict], ipc: int) -> float | None:
+    if not records:
+        return None
+    fracs = []
+    by_key: dict[tuple[int, int], list[int]] = {}
+    for r in records:
+        by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
+    for picks in by_key.values():
+        fracs.append(shared_anchor_fraction(np.array(picks)))
+    return float(np.mean(fracs))

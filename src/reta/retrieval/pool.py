@@ -1,0 +1,103 @@
+"""The per-class pool of real candidates for DRC, with features and complexities cached on disk.
+
+One candidate per real training image of the class (the paper's "1x1 patch"), the held-out
+part of the training split excluded. For every candidate and every distinct stage size D the
+cache holds z(o) = Norm(teacher.features(o at D)) (fp16) and c(o) at D. Each class is one
+safetensors file, built in batches and loaded on demand, so an ImageNet-size pool never sits
+whole in memory; the cache key covers teacher weights, data, sizes and pool settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from reta import io
+from reta.data.dataset import ImageSet
+from reta.retrieval.score import complexity
+from reta.runtime import derive_seed
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RETA_CACHE", Path.home() / ".cache" / "reta"))
+
+
+def resample(images01: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (antialiased when shrinking); identity at the same size."""
+    if images01.shape[-1] == size and images01.shape[-2] == size:
+        return images01
+    return F.interpolate(images01, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < images01.shape[-1])
+
+
+@torch.no_grad()
+def normalised_features(model: torch.nn.Module, x_normalised: torch.Tensor) -> torch.Tensor:
+    """Teacher penultimate features, L2-normalised, fp32 (N,F)."""
+    return F.normalize(model.features(x_normalised).float(), dim=1)
+
+
+class Pool:
+    def __init__(self, train: ImageSet, model: torch.nn.Module, teacher_hash: str, sizes: list[int],
+                 per_class: int, seed: int, dev: torch.device, cache_dir: Path | None = None,
+                 feature_batch: int = 256):
+        self.train = train
+        self.model = model
+        self.info = train.info
+        self.sizes = sorted(set(sizes))
+        self.dev = dev
+        self.feature_batch = feature_batch
+        self.per_class = per_class
+        self.seed = seed
+        key = io.sha256_json({"teacher": teacher_hash, "data": train.content_hash(), "sizes": self.sizes,
+                              "per_class": per_class, "seed": seed, "version": 1})[:20]
+        self.dir = (cache_dir or default_cache_dir()) / "pools" / key
+        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+
+    def members(self, class_idx: int) -> np.ndarray:
+        """Indices into the training set of the class's candidates (seeded cap when per_class > 0)."""
+        idx = self.train.indices_of_class(class_idx)
+        if 0 < self.per_class < len(idx):
+            rng = np.random.default_rng(derive_seed(self.seed, "pool", class_idx) % (2**32))
+            idx = np.sort(rng.choice(idx, size=self.per_class, replace=False))
+        return idx
+
+    def _path(self, class_idx: int) -> Path:
+        return self.dir / f"class_{class_idx:05d}.safetensors"
+
+    def _build(self, class_idx: int) -> None:
+        idx = self.members(class_idx)
+        out: dict[str, list[torch.Tensor]] = {f"z{s}": [] for s in self.sizes} | {f"c{s}": [] for s in self.sizes}
+        for start in range(0, len(idx), self.feature_batch):
+            x01 = self.train.load(idx[start:start + self.feature_batch]).to(self.dev).float() / 255.0
+            for s in self.sizes:
+                xs = resample(x01, s)
+                out[f"c{s}"].append(complexity(xs).cpu())
+                mean = torch.tensor(self.info.mean, device=self.dev).view(1, 3, 1, 1)
+                std = torch.tensor(self.info.std, device=self.dev).view(1, 3, 1, 1)
+                out[f"z{s}"].append(normalised_features(self.model, (xs - mean) / std).half().cpu())
+        tensors = {k: torch.cat(v) for k, v in out.items()} | {"indices": torch.from_numpy(idx)}
+        with io.atomic_path(self._path(class_idx)) as tmp:
+            save_file(tensors, str(tmp))
+
+    def get(self, class_idx: int) -> dict[str, torch.Tensor]:
+        """{'indices', 'z<size>' (m,F) float32, 'c<size>' (m,)} for one class, building the cache if needed."""
+        if class_idx not in self._loaded:
+            path = self._path(class_idx)
+            if not path.is_file():
+                self._build(class_idx)
+            data = load_file(str(path))
+            data = {k: (v.float() if k.startswith("z") else v) for k, v in data.items()}
+            if len(self._loaded) >= 64:  # bound memory on 1000-class runs
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[class_idx] = data
+        return self._loaded[class_idx]
+
+    def images(self, class_idx: int, pool_positions: torch.Tensor) -> torch.Tensor:
+        """uint8 images of the given pool positions of a class."""
+        idx = self.get(class_idx)["indices"].numpy()[pool_positions.cpu().numpy()]
+        return self.train.load(idx)
