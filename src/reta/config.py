@@ -163,9 +163,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         try:
             if typ is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
+            if typ in (int, float) and isinstance(value, bool):  # int(True) == 1 would hide a typo
+                raise ValueError
             return typ(value)
         except (TypeError, ValueError):
-            raise RetaError(f"config {key}={value!r}: expected a {typ.__name__}") from None
+            article = "an" if typ is int else "a"
+            raise RetaError(f"config {key}={value!r}: expected {article} {typ.__name__}") from None
     return value
 
 

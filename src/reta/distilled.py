@@ -70,7 +70,8 @@ def read_distilled(root: str | Path, expect: DatasetInfo | None = None) -> tuple
             except OSError as exc:
                 raise RetaError(f"{f}: cannot decode PNG ({exc}); rerun `reta distill`") from None
             if arr.shape[:2] != (info.image_size, info.image_size):
-                raise RetaError(f"{f}: {arr.shape[1]}x{arr.shape[0]} px, expected {info.image_size} px")
+                raise RetaError(f"{f}: {arr.shape[1]}x{arr.shape[0]} px, expected {info.image_size} px; "
+                                f"the images do not match the manifest, rerun `reta distill`")
             images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
             labels.append(c)
     return TensorImageSet(torch.stack(images), np.asarray(labels), info, str(root)), manifest

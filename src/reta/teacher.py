@@ -109,11 +109,14 @@ def load_teacher(path: str | Path, expect: DatasetInfo | None = None, dev: torch
     info = DatasetInfo.from_json(meta["dataset"])
     if expect is not None:
         info.check_compatible(expect, "teacher " + str(path), "dataset")
+    if not (path / WEIGHTS).is_file():
+        raise RetaError(f"{path / WEIGHTS}: weights file not found; rerun `reta squeeze --out {path}`")
+    digest = io.sha256_file(path / WEIGHTS)  # checked before parsing, so any corruption gets this message
+    if meta.get("weights_sha256") not in (None, digest):
+        raise RetaError(f"{path / WEIGHTS}: checksum differs from {META}; the file was changed or is corrupt, "
+                        f"restore it or rerun `reta squeeze --out {path}`")
     model = create_model(meta["arch"], info.num_classes, info.image_size)
     load_weights(model, read_state_dict(path / WEIGHTS), str(path / WEIGHTS))
-    digest = io.sha256_file(path / WEIGHTS)
-    if meta.get("weights_sha256") not in (None, digest):
-        raise RetaError(f"{path / WEIGHTS}: checksum differs from {META}; the file was changed or is corrupt")
     model = freeze(model.to(dev or torch.device("cpu")))
     return Teacher(model=model, arch=meta["arch"], info=info, meta=meta, path=path, weights_hash=digest)
 
@@ -124,7 +127,7 @@ def cosine_lr(base: float, step: int, total: int, stretch: float = 1.0) -> float
 
 
 def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, dev: torch.device,
-            init_weights: Path | None = None) -> Teacher:
+            init_weights: Path | None = None, progress: bool = True) -> Teacher:
     """Train a teacher on the training split minus the held-out part; evaluate on test; save."""
     from tqdm import tqdm
 
@@ -145,7 +148,7 @@ def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     t0 = time.time()
     step = 0
-    bar = tqdm(total=total, desc=f"squeeze {cfg.arch}", unit="step", disable=total == 0)
+    bar = tqdm(total=total, desc=f"squeeze {cfg.arch}", unit="step", disable=total == 0 or not progress)
     history = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -160,6 +163,7 @@ def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, 
             with autocast(dtype, dev):
                 loss = loss_fn(model(x), labels.to(dev))
             if not torch.isfinite(loss):
+                bar.close()  # before the error line, so the bar does not redraw after it
                 raise RetaError(f"squeeze: loss became {loss.item()} at epoch {epoch}; lower --set lr (now {cfg.lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()

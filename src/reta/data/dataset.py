@@ -124,7 +124,7 @@ class TensorImageSet(ImageSet):
         self.source = source
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= info.num_classes):
             raise RetaError(f"{source}: labels must lie in [0, {info.num_classes - 1}], "
-                            f"found {self.labels.min()}..{self.labels.max()}")
+                            f"found {self.labels.min()}..{self.labels.max()}; the labels and the class list disagree, fix either")
 
     def load(self, indices) -> torch.Tensor:
         return self.images[torch.as_tensor(np.asarray(indices, dtype=np.int64))]

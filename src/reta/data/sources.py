@@ -115,7 +115,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as d:
             if "x" not in d or "y" not in d:
-                raise RetaError(f"{path}: expected arrays 'x' (N,H,W,C uint8) and 'y' (N,), found {list(d.keys())}")
+                raise RetaError(f"{path}: expected arrays 'x' (N,H,W,C uint8) and 'y' (N,), found {list(d.keys())}; "
+                               f"save them with np.savez(path, x=images, y=labels)")
             x, y = d["x"], d["y"]
     except RetaError:
         raise
@@ -124,9 +125,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8:
-        raise RetaError(f"{path}: 'x' must be uint8 (N,H,W,3) or (N,H,W,1), got {x.dtype} {x.shape}")
+        raise RetaError(f"{path}: 'x' must be uint8 (N,H,W,3) or (N,H,W,1), got {x.dtype} {x.shape}; store the images as uint8 HWC")
     if y.ndim != 1 or len(y) != len(x):
-        raise RetaError(f"{path}: 'y' must have shape ({len(x)},), got {y.shape}")
+        raise RetaError(f"{path}: 'y' must have shape ({len(x)},), got {y.shape}; store one label per image")
     return x, y.astype(np.int64)
 
 
@@ -139,7 +140,10 @@ def _load_npz_dir(path: Path, name: str, image_size: int | None, stats) -> tuple
     if meta_path.is_file():
         from reta.io import read_json
         meta = read_json(meta_path)
-        classes = tuple(meta["classes"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list) or not meta["classes"]:
+            raise RetaError(f"{meta_path}: expected {{\"classes\": [name, ...]}} listing the class names in label order; "
+                            f"fix the file or remove it")
+        classes = tuple(str(c) for c in meta["classes"])
         stats = stats or KNOWN_STATS.get(meta.get("name", ""))
     else:
         classes = tuple(str(c) for c in range(int(max(ytr.max(), yte.max())) + 1))
@@ -178,8 +182,9 @@ def _load_torchvision_cifar(root: Path, spec: str, image_size: int | None, downl
     sub = root if (root / cls.base_folder).is_dir() or download else root / spec
     try:
         parts = [cls(str(sub), train=train, download=download) for train in (True, False)]
-    except RuntimeError as exc:
-        raise RetaError(f"{sub}: torchvision {spec} batches unusable ({exc}); re-download with --download") from None
+    except RuntimeError as exc:  # torchvision checks every batch file's md5, even without download
+        raise RetaError(f"{sub / cls.base_folder}: torchvision {spec} batches missing or not the original files "
+                        f"(md5 check failed: {exc}); replace them with the original archive's files or pass --download") from None
     sets = []
     info = None
     for part, split in zip(parts, ("train", "test")):
@@ -242,6 +247,8 @@ def decode_image(path: Path, size: int) -> torch.Tensor:
             left, top = (nw - size) // 2, (nh - size) // 2
             im = im.crop((left, top, left + size, top + size))
             arr = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise RetaError(f"{path}: image file not found; restore it or remove its entry") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise RetaError(f"{path}: cannot decode image ({type(exc).__name__}); remove or replace the file") from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -295,7 +302,7 @@ def _default_folder_size(first: Path) -> int:
 
 def _load_folder_pair(path: Path, name: str, image_size: int | None, stats) -> tuple[ImageSet, ImageSet]:
     if not path.is_dir():
-        raise RetaError(f"{path}: folder not found")
+        raise RetaError(f"{path}: folder not found; imagefolder:DIR expects DIR/train/<class>/ and DIR/val/<class>/")
     files, labels, classes = _list_class_folder(path / "train", None)
     eval_dir = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
     if eval_dir is None:

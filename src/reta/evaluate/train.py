@@ -120,8 +120,9 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16 and dev.type == "cuda")
     period, curve = eval_period(protocol), []
-    bar = tqdm(range(protocol.epochs), desc=f"{protocol.student} seed {seed}", unit="epoch", disable=not progress)
-    with labelling_teachers([teacher] if teacher is not None else [], "eval"):
+    # The bar closes before an error propagates, so it does not redraw after the error line.
+    with tqdm(range(protocol.epochs), desc=f"{protocol.student} seed {seed}", unit="epoch",
+              disable=not progress) as bar, labelling_teachers([teacher] if teacher is not None else [], "eval"):
         for epoch in bar:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(protocol.lr, epoch, protocol.epochs, protocol.eta)
@@ -147,7 +148,6 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
             if done % period == 0 or done == protocol.epochs:
                 curve.append((done, accuracy(model, test, info, dev, dtype=dtype)))
                 bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{curve[-1][1]:.3f}")
-    bar.close()
     best_epoch, best = max(curve, key=lambda point: (point[1], -point[0]))  # earliest of equal bests
     return {"top1_final": curve[-1][1], "top1_best": best, "best_epoch": best_epoch, "curve": curve, "seed": seed,
             "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(dev)}
@@ -156,7 +156,7 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
 def mean_std(values: list[float]) -> tuple[float, float]:
     """(mean, sample std with ddof=1); the std is 0.0 for a single value."""
     arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
 
 
 def random_subset(train: ImageSet, ipc: int, seed: int) -> ImageSet:
@@ -183,7 +183,8 @@ def evaluate(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: E
     Headline: top1_final_mean / top1_final_std (see `std_kind`); top1_best_* are best-epoch
     numbers (test-set selection) kept only for comparison with published tables.
     """
-    seed_list = list(range(protocol.seeds if seeds is None else seeds)) if not isinstance(seeds, list) else seeds
+    seeds = protocol.seeds if seeds is None else seeds
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise RetaError("evaluate: no seeds; set --set seeds=3 (or at least 1)")
     runs = [train_student(train_set, test, info, protocol, s, dev, teacher, label_store, progress) for s in seed_list]

@@ -231,19 +231,33 @@ def label_epochs(images: ImageSet, labellers: Sequence[nn.Module], info: Dataset
 
 def check_relabel_config(cfg: RelabelConfig, images: ImageSet, teachers: Sequence[nn.Module],
                          teacher_ids: Sequence[dict] | None) -> None:
+    """Raise RetaError for settings that cannot produce a store (teacher_mode is checked on use)."""
     for key in ("epochs", "batch_size", "shard_epochs"):
         if getattr(cfg, key) < 1:
             raise RetaError(f"relabel {key}={getattr(cfg, key)}: must be at least 1")
     if not 0 < cfg.crop_scale_min <= 1:
         raise RetaError(f"relabel crop_scale_min={cfg.crop_scale_min}: must lie in (0, 1]")
-    if cfg.teacher_mode not in TEACHER_MODES:
-        raise RetaError(f"relabel teacher_mode={cfg.teacher_mode!r}: use eval (SRe2L) or train (FADRM batch-specific labels)")
     if not teachers:
         raise RetaError("relabel: no teacher given; pass at least one --teacher DIR")
     if len(images) == 0:
         raise RetaError(f"relabel: image set {images.source} is empty")
     if teacher_ids is not None and len(teacher_ids) != len(teachers):
         raise RetaError(f"relabel: {len(teacher_ids)} teacher ids for {len(teachers)} teachers; give one per teacher")
+
+
+def claim_out_dir(out_dir: Path) -> None:
+    """Create out_dir, refusing one that holds another artifact; drop an earlier store's manifest.
+
+    The old manifest must not vouch for shards this run is about to replace; a distilled set or
+    teacher folder (same manifest name, other format) is never touched.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MANIFEST
+    if path.is_file():
+        if io.read_json(path).get("format") != FORMAT:
+            raise RetaError(f"{out_dir}: holds another artifact ({MANIFEST} is not a label store's); "
+                            f"write the labels to their own --out folder")
+        path.unlink()
 
 
 def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg: RelabelConfig, out_dir: Path,
@@ -258,9 +272,7 @@ def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg:
     check_relabel_config(cfg, images, teachers, teacher_ids)
     info.check_compatible(images.info, "dataset", f"image set {images.source}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # A manifest left from an earlier run must not vouch for shards this run is about to replace.
-    (out_dir / MANIFEST).unlink(missing_ok=True)
+    claim_out_dir(out_dir)
     t0 = time.time()
     n, bs = len(images), cfg.batch_size
     teacher_json = [{"sha256": module_hash(t), **(dict(teacher_ids[i]) if teacher_ids else {})}

@@ -1,12 +1,15 @@
 """Model registry: teachers and students by name.
 
 * `convnet{D}` / `convnet{D}-in`: the DC-benchmark ConvNet (width 128, D blocks of
-  conv3x3-norm-ReLU-avgpool2, linear head); BatchNorm for teachers (BN matching needs it),
-  instance norm (GroupNorm with one group per channel) for students.
+  conv3x3-norm-ReLU-avgpool2, the final map flattened into a linear head); BatchNorm for
+  teachers (BN matching needs it), instance norm (GroupNorm, one group per channel) for
+  students. Flattening, not global pooling, matters for the -in variants: after instance norm
+  the spatial mean of a channel carries almost no information about the image.
 * `convnet{D}-w{W}`: the same at width W — the fast nets for CPU work (e.g. convnet3-w32).
 * `resnet18` / `resnet50`: torchvision ResNets; for inputs <= 64 px the CIFAR variant
   (3x3 stride-1 stem, no max-pool), as every decoupled-DD repo uses for CIFAR/Tiny.
-Every model exposes `features(x) -> (N, F)` (penultimate, global-pooled) and `head`.
+Every model exposes `features(x) -> (N, F)` (the penultimate layer: global-pooled for ResNets,
+the flattened final map for ConvNets) and `head`.
 """
 
 from __future__ import annotations
@@ -29,12 +32,11 @@ class ConvNet(nn.Module):
                        nn.ReLU(inplace=True), nn.AvgPool2d(2)]
             channels, size = width, max(1, size // 2)
         self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.feature_dim = width
-        self.head = nn.Linear(width, num_classes)
+        self.feature_dim = width * size * size
+        self.head = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.body(x)).flatten(1)
+        return self.body(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

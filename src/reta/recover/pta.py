@@ -83,7 +83,7 @@ class TopologyAlignment:
         with torch.enable_grad():
             value = self.loss(z)
             self.grad = torch.autograd.grad(value, z)[0] if value.requires_grad else torch.zeros_like(z)
-        self.last_value = float(value)
+        self.last_value = float(value.detach())
 
     def term(self, step_in_group: int, x_live: torch.Tensor, view_features: torch.Tensor) -> torch.Tensor:
         """The PTA term to add to the step loss (already multiplied by lambda_topo)."""
