@@ -153,3 +153,19 @@ def test_distinct_anchors_never_repeat_within_a_class(digits, digits_teacher, tm
         seen.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
     assert all(len(v) == len(set(v)) for v in seen.values())
     assert manifest["shared_anchor_fraction"] == 0.0
+
+
+def test_multi_teacher_round_robin_runs_and_records_every_teacher(digits, digits_teacher, tmp_path):
+    """FADRM+: teachers alternate per step; a second (independently trained) teacher changes the result."""
+    from reta.config import SqueezeConfig
+    from reta.teacher import squeeze
+
+    train, test = digits
+    second = squeeze(train, test, SqueezeConfig(arch="convnet2-w16", epochs=2, batch_size=64, seed=1),
+                     tmp_path / "t2", CPU, progress=False)
+    cfg = build(RecoverConfig, base={**preset("fadrm"), "ipc": 2, "iterations": 8, "batch_size": 20, "rded_candidates": 10})
+    one = distill(train, [digits_teacher], cfg, tmp_path / "one", CPU, progress=False)
+    two = distill(train, [digits_teacher, second], cfg, tmp_path / "two", CPU, progress=False)
+    assert two["teacher_sha256"] == [digits_teacher.weights_hash, second.weights_hash]
+    assert _png_bytes(tmp_path / "one") != _png_bytes(tmp_path / "two")
+    assert len(one["teacher_sha256"]) == 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from reta import io
 from reta.config import RecoverConfig
-from reta.data.augment import apply_flips, crop_resize, rrc_boxes
+from reta.data.augment import crop_resize, rrc_boxes
 from reta.data.dataset import ImageSet
 from reta.distilled import image_path, to_uint8, write_manifest, write_png
 from reta.errors import RetaError
@@ -42,6 +43,9 @@ from reta.teacher import Teacher, cosine_lr
 
 LEDGER = "progress"
 RUN_RECORD = "run.json"
+# On a GPU the loss is checked for NaN/inf every this many steps (and at the end of each stage),
+# so the step loop never waits for the device; on the CPU a check costs nothing and runs every step.
+FINITE_CHECK_EVERY = 50
 
 
 def stage_plan(cfg: RecoverConfig, native: int) -> tuple[list[int], list[int]]:
@@ -79,16 +83,27 @@ def roll(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dh, dw), dims=(2, 3))
 
 
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A small CPU tensor on dev; on CUDA through pinned memory, so the copy does not wait for the GPU."""
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
 def augment_view(x: torch.Tensor, size: int, cfg: RecoverConfig, gen: torch.Generator) -> torch.Tensor:
-    """One crop box and one flip for the whole batch (as SRe2L/FADRM), then a circular roll."""
+    """One crop box and one flip for the whole batch (as SRe2L/FADRM), then a circular roll.
+
+    Every draw comes from the CPU generator `gen`; nothing here waits for the device.
+    """
     if cfg.crop_scale_min < 1.0:
-        box = rrc_boxes(1, cfg.crop_scale_min, gen).expand(len(x), 4)
-        x = crop_resize(x, box, size)
+        box = rrc_boxes(1, cfg.crop_scale_min, gen)
+        x = crop_resize(x, _to_device(box, x.device).expand(len(x), 4), size)
     elif x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     if cfg.flip:
-        flip = torch.rand(1, generator=gen) < 0.5
-        x = apply_flips(x, flip.expand(len(x)))
+        flip = torch.rand(1, generator=gen) < 0.5  # CPU tensor: bool() is free
+        if bool(flip):
+            x = x.flip(-1)  # same values as apply_flips with an all-true mask
     return roll(x, cfg.jitter, gen)
 
 
@@ -104,6 +119,7 @@ class Recover:
         self.dtype = autocast_dtype(cfg.precision, dev)
         if cfg.channels_last:
             self.teachers = [m.to(memory_format=torch.channels_last) for m in self.teachers]
+        self._compiled = self._compile_teachers() if cfg.compile else {}
         self.sizes, self.budgets = stage_plan(cfg, self.info.image_size)
         self.total_steps = sum(self.budgets) if cfg.iterations else 0
         self.timer = io.Timer()
@@ -123,6 +139,51 @@ class Recover:
         if cfg.pta.enabled and cfg.pta.weight > 0 and self.total_steps:
             self.pta = TopologyAlignment(cfg.pta, cfg.ipc, lambda c: self.pool.get(c)[f"z{self.info.image_size}"],
                                          self.teachers[0], cfg.seed, dev, self.dtype)
+
+    # -- teacher forward (optionally compiled) ------------------------------------------------
+    def _compile_teachers(self) -> dict[int, object]:
+        """torch.compile'd (features, logits) functions per teacher; {} where compile is unavailable."""
+        compiled = {}
+        for i, model in enumerate(self.teachers):
+            try:
+                compiled[i] = torch.compile(self._eager_forward(model))
+            except Exception as exc:  # noqa: BLE001 - no compiler, unsupported Python, ...: run eagerly
+                warnings.warn(f"recover: torch.compile unavailable ({type(exc).__name__}: {exc}); running the teacher eagerly",
+                              stacklevel=2)
+                return {}
+        return compiled
+
+    @staticmethod
+    def _eager_forward(model: torch.nn.Module):
+        def forward(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            feats = model.features(view)
+            return feats, model.head(feats)
+
+        return forward
+
+    def teacher_forward(self, which: int, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) of teacher `which`; its BN hooks record the view's statistics either way."""
+        fn = self._compiled.get(which)
+        if fn is not None:
+            try:
+                return fn(view)
+            except Exception as exc:  # noqa: BLE001 - a compile failure must not end a long run
+                warnings.warn(f"recover: torch.compile failed ({type(exc).__name__}: {exc}); running the teacher eagerly",
+                              stacklevel=2)
+                self._compiled.pop(which)
+        return self._eager_forward(self.teachers[which])(view)
+
+    def _check_finite(self, losses: torch.Tensor, start: int, stop: int, stage: int) -> None:
+        """Raise the recover error if any step loss in losses[start:stop] is NaN/inf (one host sync)."""
+        if stop <= start:
+            return
+        seg = losses[start:stop]
+        finite = torch.isfinite(seg)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0])
+            cfg = self.cfg
+            raise RetaError(f"recover: non-finite loss ({seg[i].item()}) at stage {stage + 1} step {start + i}; "
+                            f"lower --set lr={cfg.lr} or r_bn={cfg.r_bn}")
 
     # -- initial images ---------------------------------------------------------------------
     def init_class(self, c: int) -> torch.Tensor:
@@ -158,23 +219,33 @@ class Recover:
         if self.pta is not None:
             with self.timer("pta"):
                 self.pta.begin_group(labels, self._other_slot_features(flat_idx))
+        # fp16 gradients underflow without loss scaling (bf16 and fp32 need none). With the fused
+        # CUDA Adam the scaler's inf check stays on the device (no host sync per step).
+        scaled = self.dtype is torch.float16 and self.dev.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=scaled)
+        adam_kwargs = {"fused": True} if self.dev.type == "cuda" else {}
+        check_every = 1 if self.dev.type == "cpu" else FINITE_CHECK_EVERY
         stages, step = [], 0
         for s, (size, budget) in enumerate(zip(self.sizes, self.budgets)):
             x = x.detach().requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-            sums = {"ce": 0.0, "bn": 0.0, "topo": 0.0}
+            opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **adam_kwargs)
+            # Per-stage sums stay on the device (float64, summed in step order like Python floats);
+            # they are read once per stage. The PTA value is a host float computed at its refreshes.
+            ce_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
+            bn_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
+            topo_sum = 0.0
+            losses = torch.empty(budget, device=self.dev)  # step losses, for the non-finite check
+            checked = 0
             for local in range(budget):
                 t = sum(self.budgets[:s]) + local
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
                 which = t % len(self.teachers)
-                model = self.teachers[which]
                 view = augment_view(x, size, cfg, gen)
                 if cfg.channels_last:
                     view = view.contiguous(memory_format=torch.channels_last)
                 with autocast(self.dtype, self.dev):
-                    feats = model.features(view)
-                    logits = model.head(feats)
+                    feats, logits = self.teacher_forward(which, view)
                 ce = F.cross_entropy(logits.float(), labels)
                 bn = self.hooks[which].loss(cfg.first_bn_multiplier)
                 loss = ce + cfg.r_bn * bn
@@ -186,20 +257,24 @@ class Recover:
                                 feats = self.teachers[0].features(view)
                                 self.hooks[0].enabled = True
                         loss = loss + self.pta.term(step, x, feats)
-                        sums["topo"] += self.pta.last_value
-                if not torch.isfinite(loss):
-                    raise RetaError(f"recover: non-finite loss ({loss.item()}) at stage {s + 1} step {local}; "
-                                    f"lower --set lr={cfg.lr} or r_bn={cfg.r_bn}")
+                        topo_sum += self.pta.last_value
+                losses[local] = loss.detach()
+                if local + 1 - checked >= check_every:
+                    self._check_finite(losses, checked, local + 1, s)
+                    checked = local + 1
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 with torch.no_grad():
                     x.data = torch.maximum(torch.minimum(x.data, high), low)
-                sums["ce"] += float(ce.detach())
-                sums["bn"] += float(bn.detach())
+                ce_sum += ce.detach().double()
+                bn_sum += bn.detach().double()
                 step += 1
                 if self._bar is not None:
                     self._bar.update(1)
+            self._check_finite(losses, checked, budget, s)
+            sums = {"ce": float(ce_sum), "bn": float(bn_sum), "topo": topo_sum}
             stages.append({"size": size, "steps": budget, **{k: v / max(1, budget) for k, v in sums.items()},
                            "final_ce": float(ce.detach()), "final_bn": float(bn.detach())})
             if s < len(self.sizes) - 1:
@@ -226,6 +301,20 @@ class Recover:
                 out[c] = self.pta.clean_features(resample(x, self.sizes[0]))
         return out
 
+    def prepare_classes(self, classes: list[int]) -> float:
+        """One-off work before the first group: DRC pool caches and PTA references.
+
+        Done up front so the DRC and PTA timers measure only their per-connection and per-step
+        cost; the setup is reported separately (it is amortised over all images of a class).
+        """
+        t0 = time.time()
+        for c in classes:
+            if self.pool is not None:
+                self.pool.get(c)
+            if self.pta is not None:
+                self.pta.reference(c)
+        return time.time() - t0
+
     # -- whole run ----------------------------------------------------------------------------
     def run(self, rank: int = 0, world: int = 1) -> dict:
         from tqdm import tqdm
@@ -235,6 +324,7 @@ class Recover:
         mine = [(g, idx) for g, idx in enumerate(groups) if g % world == rank and not (ledger / f"group_{g:05d}.json").is_file()]
         skipped = sum(1 for g in range(len(groups)) if g % world == rank) - len(mine)
         t0 = time.time()
+        setup_seconds = self.prepare_classes(sorted({int(c) for _, idx in mine for c in idx // self.cfg.ipc}))
         self._bar = tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
                          disable=not self.progress or not self.total_steps or not mine)
         for g, idx in mine:
@@ -254,6 +344,7 @@ class Recover:
         for h in self.hooks:
             h.remove()
         return {"groups": len(groups), "done_here": len(mine), "resumed": skipped, "seconds": time.time() - t0,
+                "setup_seconds": setup_seconds,
                 "peak_memory_mb": peak_memory_mb(self.dev)}
 
     _bar = None
@@ -274,10 +365,12 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
             timings[k] = timings.get(k, 0.0) + v
     n_images = info.num_classes * cfg.ipc
     compute = sum(entry["seconds"] for entry in ledger)
+    setup = sum(s.get("setup_seconds", 0.0) for s in summaries)
     manifest = {
         "method": cfg.method, "config": dataclasses.asdict(cfg), "seeds": {"run": cfg.seed, "rule": "derive_seed(seed, 'group', g) per group; per class for init"},
         "teacher_sha256": recover.teacher_hashes, "stage_sizes": recover.sizes, "stage_budgets": recover.budgets,
-        "groups": ledger, "timings": {"wall_seconds": seconds, "group_seconds": compute, "seconds_per_image": compute / n_images, **timings},
+        "groups": ledger, "timings": {"wall_seconds": seconds, "group_seconds": compute, "setup_seconds": setup,
+                    "seconds_per_image": (compute + setup) / n_images, **timings},
         "drc_share": timings.get("drc", 0.0) / max(compute, 1e-9), "pta_share": timings.get("pta", 0.0) / max(compute, 1e-9),
         "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries), "drc_selections": drc,
         "shared_anchor_fraction": _shared_fraction(drc, cfg.ipc), "versions": io.versions(), **extra,
