@@ -95,6 +95,7 @@ class RecoverConfig:
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
+    compile: bool = False  # torch.compile the teacher forward (GPU; falls back to eager where unavailable)
     drc: DRCConfig = field(default_factory=DRCConfig)
     pta: PTAConfig = field(default_factory=PTAConfig)
 
