@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Respect OMP_NUM_THREADS: on a shared 2-core machine extra threads spin-wait and slow everything.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 

@@ -169,3 +169,14 @@ def test_multi_teacher_round_robin_runs_and_records_every_teacher(digits, digits
     assert two["teacher_sha256"] == [digits_teacher.weights_hash, second.weights_hash]
     assert _png_bytes(tmp_path / "one") != _png_bytes(tmp_path / "two")
     assert len(one["teacher_sha256"]) == 1
+
+
+def test_drc_records_index_the_full_training_split_outside_the_holdout(digits, digits_teacher, tmp_path):
+    from reta.data.dataset import holdout_indices
+
+    train, _ = digits
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "drc", "drc")
+    held = set(holdout_indices(train.labels, *digits_teacher.holdout).tolist())
+    for r in manifest["drc_selections"]:
+        assert train.labels[r["train_index"]] == r["class"]
+        assert r["train_index"] not in held

@@ -1,4 +1,4 @@
-"""`reta squeeze | distill | relabel | evaluate | demo | bench` — the command line.
+"""`reta squeeze | distill | relabel | evaluate | report | demo | bench` — the command line.
 
 User mistakes raise RetaError and end here as one line on stderr with exit status 2.
 Presets fill defaults; --config YAML and --set key=value override them; the resolved config is
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _config_args(p)
 
+    p = sub.add_parser("report", parents=[common], help="topology/anchor report of a distilled set (Markdown + PNG)")
+    _data_args(p)
+    p.add_argument("--distilled", required=True)
+    p.add_argument("--teacher", required=True, help="teacher whose features are shown (the run's first teacher)")
+    p.add_argument("--max-classes", type=int, default=10, help="report the first N classes (default 10)")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("demo", parents=[common], help="the whole pipeline on scikit-learn's digits (no download), in minutes")
     p.add_argument("--out", default="reta-demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -159,12 +166,22 @@ def cmd_relabel(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from reta import config, data, distilled, io, runtime, teacher
+    from reta import dist, runtime
+
+    dev = runtime.device()
+    ctx = dist.init_from_env(dev)  # under torchrun: every student trains with DDP, rank 0 writes
+    try:
+        return _evaluate(args, dev, ctx)
+    finally:
+        dist.shutdown()
+
+
+def _evaluate(args, dev, ctx) -> int:
+    from reta import config, data, distilled, io, teacher
     from reta.data.dataset import split_holdout
     from reta.evaluate import evaluate, random_subset
     from reta.evaluate.metrics import ior
 
-    dev = runtime.device()
     base = {k: v for k, v in {"student": args.student, "epochs": args.epochs, "seeds": args.seeds}.items() if v is not None}
     if args.labels:
         base["labels"] = "stored"
@@ -183,22 +200,25 @@ def cmd_evaluate(args) -> int:
 
         store = LabelStore(Path(args.labels))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "config.json", {"protocol": dataclasses.asdict(protocol), "distilled": args.distilled,
-                                        "teacher": args.teacher, "data": args.data, "split": args.split,
-                                        "versions": io.versions()})
-    progress = not args.quiet
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        io.write_json(out / "config.json", {"protocol": dataclasses.asdict(protocol), "distilled": args.distilled,
+                                            "teacher": args.teacher, "data": args.data, "split": args.split,
+                                            "world_size": ctx.world, "versions": io.versions()})
+    progress = not args.quiet and ctx.is_main
     result = evaluate(syn, test, train.info, protocol, dev, t.model, label_store=store, seeds=protocol.seeds,
-                      method=manifest.get("method", "unknown"), ipc=manifest["ipc"], progress=progress)
-    result.update(split=args.split, distilled=args.distilled, teacher_test_top1=t.meta.get("test_top1"))
+                      method=manifest.get("method", "unknown"), ipc=manifest["ipc"], progress=progress, ctx=ctx)
+    result.update(split=args.split, distilled=args.distilled, teacher_test_top1=t.meta.get("test_top1"),
+                  world_size=ctx.world)
     if args.baseline == "random":
         real = random_subset(fit, manifest["ipc"], seed=protocol.seeds)
         base_res = evaluate(real, test, train.info, protocol, dev, t.model, seeds=protocol.seeds,
-                            method="random", ipc=manifest["ipc"], progress=progress)
+                            method="random", ipc=manifest["ipc"], progress=progress, ctx=ctx)
         result["baseline_random"] = base_res
         result["ior"] = ior(result["top1_final_mean"], base_res["top1_final_mean"])
-    io.write_json(out / "result.json", result)
-    print(format_results([result] + ([result["baseline_random"]] if args.baseline else [])))
+    if ctx.is_main:
+        io.write_json(out / "result.json", result)
+        print(format_results([result] + ([result["baseline_random"]] if args.baseline else [])))
     return 0
 
 
@@ -210,6 +230,20 @@ def format_results(results: list[dict]) -> str:
                     f"{100 * r['top1_final_mean']:>17.2f} ± {100 * r['top1_final_std']:5.2f} "
                     f"{100 * r['top1_best_mean']:>11.2f} {r['seconds']:>8.1f}")
     return "\n".join(rows)
+
+
+def cmd_report(args) -> int:
+    from reta import data, runtime, teacher
+    from reta.reports import topology_report
+
+    if args.max_classes < 1:
+        raise RetaError(f"--max-classes {args.max_classes}: must be at least 1")
+    dev = runtime.device()
+    train, _ = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
+    t = teacher.load_teacher(args.teacher, expect=train.info, dev=dev)
+    path = topology_report(Path(args.distilled), t, train, Path(args.out), max_classes=args.max_classes)
+    print(f"report -> {path}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -228,7 +262,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"squeeze": cmd_squeeze, "distill": cmd_distill, "relabel": cmd_relabel, "evaluate": cmd_evaluate,
-            "demo": cmd_demo, "bench": cmd_bench}
+            "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

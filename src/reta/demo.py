@@ -20,7 +20,7 @@ from reta.data.dataset import split_holdout
 from reta.distilled import read_distilled
 from reta.evaluate import evaluate
 from reta.recover import distill, preset
-from reta.reports import image_grid, results_table
+from reta.reports import image_grid, results_table, topology_report
 from reta.runtime import device
 from reta.teacher import load_teacher, squeeze
 
@@ -69,6 +69,13 @@ def run_demo(out: Path, methods: list[str] | None = None, progress: bool = True)
     image_grid(torch.cat(grids), nrow=train.info.num_classes, path=out / "distilled_grid.png")
     table = results_table(results)
     _, held = split_holdout(train, *teacher.holdout)
+    topo_line = []
+    if "reta" in methods:
+        t0 = time.time()
+        topo = topology_report(out / "reta" / "distilled", teacher, train, out / "reta" / "report")
+        print(f"[demo] topology report: {topo} ({time.time() - t0:.1f} s)", flush=True)
+        topo_line = ["RETA's topology (Betti curves, persistence diagrams) and DRC anchors: "
+                     f"[reta/report/report.md]({topo.relative_to(out).as_posix()})", ""]
     report = [
         "# reta demo: digits, IPC 10", "",
         f"Teacher {TEACHER['arch']}: test top-1 {100 * teacher.meta['test_top1']:.1f}%. "
@@ -78,6 +85,7 @@ def run_demo(out: Path, methods: list[str] | None = None, progress: bool = True)
         table, "",
         f"Distilled images (rows: {', '.join(methods)}; columns: classes 0-9, first image of each):", "",
         "![distilled](distilled_grid.png)", "",
+        *topo_line,
         f"Total time {time.time() - t_start:.0f} s on {dev}.",
     ]
     io.write_bytes(out / "report.md", ("\n".join(report) + "\n").encode())

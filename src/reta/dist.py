@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -27,7 +28,12 @@ def init_from_env(dev: torch.device) -> DistContext:
     if world <= 1:
         return DistContext(0, 1, None)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # NCCL barriers/collectives use the current device
+        # Ranks wait at barriers for the slowest rank (at most about one recover group, or one
+        # class's pool cache); RETA_DIST_TIMEOUT_MIN raises the limit for very slow groups.
+        timeout = timedelta(minutes=float(os.environ.get("RETA_DIST_TIMEOUT_MIN", "60")))
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return DistContext(dist.get_rank(), dist.get_world_size(), dist.barrier)
 
 

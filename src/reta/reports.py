@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from reta import io
+
+if TYPE_CHECKING:
+    from reta.data.dataset import ImageSet
+    from reta.teacher import Teacher
 
 
 def image_grid(images_uint8: torch.Tensor, nrow: int, path: Path, min_cell: int = 48) -> Path:
@@ -179,7 +184,7 @@ def _anchor_figure(rows_per_class: list[tuple[str, list[str], list[torch.Tensor]
     return _save_figure(fig, path)
 
 
-def topology_report(distilled_dir: Path, teacher, train, out_dir: Path, max_classes: int = 10,
+def topology_report(distilled_dir: Path, teacher: Teacher, train: ImageSet, out_dir: Path, max_classes: int = 10,
                     real_subsets: int = 5, max_real: int = 1000, max_slots: int = 10, seed: int = 0) -> Path:
     """Write `out_dir/report.md` + PNGs on a distilled set's topology and DRC anchors; returns the .md path.
 
@@ -213,10 +218,7 @@ def topology_report(distilled_dir: Path, teacher, train, out_dir: Path, max_clas
     hold = manifest.get("holdout")
     if hold is not None and (float(hold["fraction"]), int(hold["seed"])) != teacher.holdout:
         notes.append(f"The run excluded held-out split {hold}; this teacher's is {teacher.holdout}: "
-                     f"real features use the teacher's, anchor thumbnails the run's.")
-        anchor_fit, _ = split_holdout(train, float(hold["fraction"]), int(hold["seed"]))
-    else:
-        anchor_fit = fit
+                     f"real features use the teacher's held-out split.")
     if manifest.get("data_hash") not in (None, train.content_hash()):
         notes.append("**The training data differ from the run's (data hash mismatch): anchor thumbnails may "
                      "not be the images DRC retrieved.**")
@@ -271,7 +273,7 @@ def topology_report(distilled_dir: Path, teacher, train, out_dir: Path, max_clas
                 picks = [by_slot.get((st, c * ipc + i)) for i in slots]
                 if any(p is None for p in picks):
                     continue
-                lines.append(anchor_fit.load(np.asarray(picks)))
+                lines.append(train.load(np.asarray(picks)))  # train_index indexes the full training split
                 labels.append(f"stage {st} anchor")
             title = f"class {c} ({info.classes[c]})" + (f", slots 0-{len(slots) - 1} of {ipc}" if ipc > len(slots) else "")
             panels.append((title, labels, lines))

@@ -8,6 +8,14 @@ Every mode sees per-image RandomResizedCrop + flip and per-batch CutMix, drawn b
 that the relabel store uses. The headline is the test accuracy after the last epoch; the best
 accuracy over the periodic evaluations (the field's reported number, i.e. model selection on the
 test set) is returned under its own keys, for comparison with papers only.
+
+Under torchrun (`ctx` with world > 1) each student is trained with DistributedDataParallel: the
+global batch stays `protocol.batch_size`; every rank draws the whole global batch (order, crops,
+flips, CutMix) from the same seeds, builds its views, and trains on its contiguous slice; each
+slice's loss is weighted so that the all-reduced gradient is the gradient of the global batch's
+mean loss. Test accuracy is counted on rank shards and summed. BatchNorm students use
+SyncBatchNorm on CUDA (batch statistics of the global batch); on CPU (gloo) their statistics are
+per rank.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
@@ -76,8 +85,15 @@ def epoch_batches(train_set: ImageSet, info: DatasetInfo, protocol: EvalProtocol
 
 
 def batch_loss(model: nn.Module, x: torch.Tensor, batch: Batch, labels: torch.Tensor, teacher: nn.Module | None,
-               protocol: EvalProtocol, dtype: torch.dtype | None, dev: torch.device) -> torch.Tensor:
-    """Scalar loss of the student on views x (b,3,S,S); labels int64 (b,) are used in hard mode only."""
+               protocol: EvalProtocol, dtype: torch.dtype | None, dev: torch.device,
+               rows: slice | None = None) -> torch.Tensor:
+    """Scalar loss of the student on views x (b,3,S,S); labels int64 (b,) are used in hard mode only.
+
+    rows: train on these rows of the (global) batch only (a DDP rank's slice); the result is the
+    slice's mean loss times len(slice)/len(batch), i.e. the slice's share of the global mean.
+    """
+    if rows is not None:
+        return _slice_loss(model, x, batch, labels, teacher, protocol, dtype, dev, rows)
     with autocast(dtype, dev):
         logits = model(x)
         if protocol.labels == "online":
@@ -92,6 +108,51 @@ def batch_loss(model: nn.Module, x: torch.Tensor, batch: Batch, labels: torch.Te
     return kd_loss(logits, target, protocol.temperature, protocol.t_squared)
 
 
+def _slice_loss(model: nn.Module, x: torch.Tensor, batch: Batch, labels: torch.Tensor, teacher: nn.Module | None,
+                protocol: EvalProtocol, dtype: torch.dtype | None, dev: torch.device, rows: slice) -> torch.Tensor:
+    n, mine = len(x), rows.stop - rows.start
+    xs = x[rows]
+    with autocast(dtype, dev):
+        logits = model(xs)  # an empty slice still runs, so this rank joins the gradient all-reduce
+        if protocol.labels == "online" and mine:
+            with torch.no_grad():
+                target = teacher(xs)
+    if not mine:
+        return logits.float().sum() * 0.0
+    if protocol.labels == "hard":
+        cutmix = batch.cutmix
+        own = labels[rows]
+        if cutmix is None:
+            loss = hard_cutmix_loss(logits, own, None, 1.0)
+        else:  # the CutMix partner may sit on another rank's slice: take its label from the global batch
+            partner = labels[cutmix.perm.to(labels.device)][rows]
+            loss = cutmix.lam * hard_cutmix_loss(logits, own, None, 1.0) + (1.0 - cutmix.lam) * hard_cutmix_loss(
+                logits, partner, None, 1.0)
+    else:
+        if protocol.labels == "stored":
+            target = batch.logits[rows].to(dev)
+        loss = kd_loss(logits, target, protocol.temperature, protocol.t_squared)
+    return loss * (mine / n)
+
+
+def rank_rows(n: int, rank: int, world: int) -> slice:
+    """Contiguous slice of a batch of n for `rank`; the first n % world ranks get one more (rank 0 never empty)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+@torch.no_grad()
+def sharded_accuracy(model: nn.Module, data: ImageSet, info: DatasetInfo, dev: torch.device, dtype, rank: int,
+                     world: int) -> float:
+    """Top-1 over `data`, each rank counting every world-th image; counts summed over ranks."""
+    part = data.subset(np.arange(rank, len(data), world))
+    correct = round(accuracy(model, part, info, dev, dtype=dtype) * len(part)) if len(part) else 0
+    counts = torch.tensor([correct, len(part)], dtype=torch.float64, device=dev)
+    dist.all_reduce(counts)
+    return float(counts[0]) / max(1.0, float(counts[1]))
+
+
 def init_student(protocol: EvalProtocol, info: DatasetInfo, seed: int, dev: torch.device) -> nn.Module:
     """The untrained student, its initialisation drawn from `seed` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -102,20 +163,29 @@ def init_student(protocol: EvalProtocol, info: DatasetInfo, seed: int, dev: torc
 
 def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: EvalProtocol, seed: int,
                   dev: torch.device, teacher: nn.Module | None = None, label_store: LabelStore | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, ctx=None) -> dict:
     """Train `protocol.student` on `train_set`, test on `test`; accuracies are fractions.
 
     Returns {"top1_final" (after the last epoch: the headline), "top1_best" and "best_epoch" (best
     periodic evaluation, test-set selection: secondary), "curve" [(epoch, top1)], "seed",
     "seconds", "peak_memory_mb"}. Epochs in the curve count from 1. In stored mode the batch
     order and views come from the store, so `seed` only sets the initialisation.
+    `ctx`: a `reta.dist.DistContext`; with world > 1 the student trains with DDP (module docstring).
     """
     check_setup(train_set, test, info, protocol, teacher, label_store)
+    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
     dtype = autocast_dtype(protocol.precision, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
     model = init_student(protocol, info, seed, dev)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if dev.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=protocol.lr)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16 and dev.type == "cuda")
@@ -132,21 +202,28 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
                 images = train_set.load(batch.indices).to(dev)
                 labels = torch.from_numpy(train_set.labels[batch.indices]).to(dev)
                 x = replay_views(images, batch, info, info.image_size)
-                loss = batch_loss(model, x, batch, labels, teacher, protocol, dtype, dev)
+                rows = rank_rows(len(x), rank, world) if world > 1 else None
+                loss = batch_loss(net, x, batch, labels, teacher, protocol, dtype, dev, rows=rows)
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                # DDP averages gradients over ranks; each rank's loss is its share of the global
+                # mean, so scaling by world makes the average the global batch's gradient.
+                scaler.scale(loss * world if world > 1 else loss).backward()
                 scaler.step(opt)
                 scaler.update()
                 total += loss.detach()
                 count += 1
-            # One host sync per epoch rather than per step.
+            # One host sync per epoch rather than per step; under DDP every rank sees the same
+            # (global) mean, so all raise together on a non-finite loss.
+            if world > 1:
+                dist.all_reduce(total)
             mean_loss = float(total) / count
             if not np.isfinite(mean_loss):
                 raise RetaError(f"evaluate: student loss became {mean_loss} in epoch {epoch + 1} of {protocol.epochs} "
                                 f"(seed {seed}); lower --set lr (now {protocol.lr})")
             done = epoch + 1
             if done % period == 0 or done == protocol.epochs:
-                curve.append((done, accuracy(model, test, info, dev, dtype=dtype)))
+                curve.append((done, accuracy(model, test, info, dev, dtype=dtype) if world == 1
+                               else sharded_accuracy(model, test, info, dev, dtype, rank, world)))
                 bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{curve[-1][1]:.3f}")
     best_epoch, best = max(curve, key=lambda point: (point[1], -point[0]))  # earliest of equal bests
     return {"top1_final": curve[-1][1], "top1_best": best, "best_epoch": best_epoch, "curve": curve, "seed": seed,
@@ -176,7 +253,7 @@ def random_subset(train: ImageSet, ipc: int, seed: int) -> ImageSet:
 
 def evaluate(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: EvalProtocol, dev: torch.device,
              teacher: nn.Module | None = None, label_store: LabelStore | None = None, *,
-             seeds: int | list[int] | None = None, method: str, ipc: int, progress: bool = True) -> dict:
+             seeds: int | list[int] | None = None, method: str, ipc: int, progress: bool = True, ctx=None) -> dict:
     """Train one student per seed and summarise; accuracies are fractions in [0, 1].
 
     `seeds`: a count n (seeds 0..n-1), an explicit list, or None for `protocol.seeds` seeds.
@@ -187,7 +264,8 @@ def evaluate(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: E
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise RetaError("evaluate: no seeds; set --set seeds=3 (or at least 1)")
-    runs = [train_student(train_set, test, info, protocol, s, dev, teacher, label_store, progress) for s in seed_list]
+    runs = [train_student(train_set, test, info, protocol, s, dev, teacher, label_store, progress, ctx=ctx)
+            for s in seed_list]
     finals = [r["top1_final"] for r in runs]
     bests = [r["top1_best"] for r in runs]
     final_mean, final_std = mean_std(finals)

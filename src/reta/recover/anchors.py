@@ -44,9 +44,10 @@ class RetrievalAnchors:
             picked, score = choose(fit, comp, self.cfg.lam, self.cfg.prefilter, self.cfg.distinct)
             picked = picked.to(x.device)
             out[rows] = info.normalise(self.pool.images(c, picked).to(x.device))
+            train_indices = self.pool.dataset_indices(c, picked)
             for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
                 self.records.append({"stage": stage, "slot": int(flat_idx[r]), "class": c, "pool_index": int(p),
-                                     "train_index": int(data["indices"][p]), "fit": float(fit[i, p]),
+                                     "train_index": int(train_indices[i]), "fit": float(fit[i, p]),
                                      "complexity": float(comp[p]), "J": float(score[i])})
         return out
 

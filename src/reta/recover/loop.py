@@ -17,6 +17,7 @@ with a ledger entry, and skipped when already done.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 import warnings
@@ -46,6 +47,10 @@ RUN_RECORD = "run.json"
 # On a GPU the loss is checked for NaN/inf every this many steps (and at the end of each stage),
 # so the step loop never waits for the device; on the CPU a check costs nothing and runs every step.
 FINITE_CHECK_EVERY = 50
+
+
+def finite_check_every(dev: torch.device) -> int:
+    return 1 if dev.type == "cpu" else FINITE_CHECK_EVERY
 
 
 def stage_plan(cfg: RecoverConfig, native: int) -> tuple[list[int], list[int]]:
@@ -118,7 +123,9 @@ class Recover:
         self.teacher_hashes = [t.weights_hash for t in teachers]
         self.dtype = autocast_dtype(cfg.precision, dev)
         if cfg.channels_last:
-            self.teachers = [m.to(memory_format=torch.channels_last) for m in self.teachers]
+            # On a copy: converting the caller's teacher in place would change the kernels (and so
+            # the last bits of every later result, e.g. its soft labels) of whatever runs next.
+            self.teachers = [copy.deepcopy(m).to(memory_format=torch.channels_last) for m in self.teachers]
         self._compiled = self._compile_teachers() if cfg.compile else {}
         self.sizes, self.budgets = stage_plan(cfg, self.info.image_size)
         self.total_steps = sum(self.budgets) if cfg.iterations else 0
@@ -224,7 +231,7 @@ class Recover:
         scaled = self.dtype is torch.float16 and self.dev.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=scaled)
         adam_kwargs = {"fused": True} if self.dev.type == "cuda" else {}
-        check_every = 1 if self.dev.type == "cpu" else FINITE_CHECK_EVERY
+        check_every = finite_check_every(self.dev)
         stages, step = [], 0
         for s, (size, budget) in enumerate(zip(self.sizes, self.budgets)):
             x = x.detach().requires_grad_(True)
@@ -276,7 +283,8 @@ class Recover:
             self._check_finite(losses, checked, budget, s)
             sums = {"ce": float(ce_sum), "bn": float(bn_sum), "topo": topo_sum}
             stages.append({"size": size, "steps": budget, **{k: v / max(1, budget) for k, v in sums.items()},
-                           "final_ce": float(ce.detach()), "final_bn": float(bn.detach())})
+                           "final_ce": float(ce.detach()) if budget else None,
+                           "final_bn": float(bn.detach()) if budget else None})
             if s < len(self.sizes) - 1:
                 with torch.no_grad():
                     x = x.detach()
@@ -315,16 +323,43 @@ class Recover:
                 self.pta.reference(c)
         return time.time() - t0
 
+    def prepare_pool(self, pending: list[int], rank: int = 0, world: int = 1) -> None:
+        """Build the missing pool cache files of the classes that pending groups touch: class c on
+        rank c % world, so each class is built once, by one rank (not by every rank that needs it).
+        Follow with a barrier; `run` then only loads them. Its seconds count as setup."""
+        if self.pool is None:
+            return
+        t0 = time.time()
+        groups = self.groups()
+        classes = sorted({int(c) for g in pending for c in groups[g] // self.cfg.ipc})
+        for c in classes[rank::world]:
+            self.pool.get(c)
+        self._pool_seconds += time.time() - t0
+
+    _pool_seconds = 0.0
+
     # -- whole run ----------------------------------------------------------------------------
-    def run(self, rank: int = 0, world: int = 1) -> dict:
+    def groups(self) -> list[np.ndarray]:
+        return plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
+
+    def run(self, rank: int = 0, world: int = 1, done: set[int] | None = None) -> dict:
+        """Recover this rank's share of the groups not yet in the ledger.
+
+        `done`: groups finished before this attempt, read by every rank before any rank writes one
+        (distill reads it before its barrier); None reads the ledger now, which is right for a
+        single process. The pending groups are dealt round-robin, so a resumed run stays balanced
+        whatever the ranks of the interrupted attempt had finished.
+        """
         from tqdm import tqdm
 
-        groups = plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
+        groups = self.groups()
         ledger = self.out / LEDGER
-        mine = [(g, idx) for g, idx in enumerate(groups) if g % world == rank and not (ledger / f"group_{g:05d}.json").is_file()]
-        skipped = sum(1 for g in range(len(groups)) if g % world == rank) - len(mine)
+        done = done_groups(self.out, len(groups)) if done is None else done
+        pending = [g for g in range(len(groups)) if g not in done]
+        mine = [(g, groups[g]) for g in pending[rank::world]]
+        skipped = len(groups) - len(pending)
         t0 = time.time()
-        setup_seconds = self.prepare_classes(sorted({int(c) for _, idx in mine for c in idx // self.cfg.ipc}))
+        setup_seconds = self._pool_seconds + self.prepare_classes(sorted({int(c) for _, idx in mine for c in idx // self.cfg.ipc}))
         self._bar = tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
                          disable=not self.progress or not self.total_steps or not mine)
         for g, idx in mine:
@@ -348,6 +383,12 @@ class Recover:
                 "peak_memory_mb": peak_memory_mb(self.dev)}
 
     _bar = None
+
+
+def done_groups(out_dir: Path, num_groups: int) -> set[int]:
+    """Groups whose ledger entry exists (written after the group's images, so those are complete)."""
+    ledger = Path(out_dir) / LEDGER
+    return {g for g in range(num_groups) if (ledger / f"group_{g:05d}.json").is_file()}
 
 
 def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: float, extra: dict) -> dict:
@@ -376,6 +417,8 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
         "shared_anchor_fraction": _shared_fraction(drc, cfg.ipc), "versions": io.versions(), **extra,
     }
     write_manifest(out_dir, info, cfg.ipc, manifest)
+    for stale in out_dir.rglob(".*.tmp"):  # temporaries of writes killed mid-way (every rank is past the barrier)
+        stale.unlink(missing_ok=True)
     return manifest
 
 

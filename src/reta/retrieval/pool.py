@@ -97,6 +97,12 @@ class Pool:
             self._loaded[class_idx] = data
         return self._loaded[class_idx]
 
+    def dataset_indices(self, class_idx: int, pool_positions: torch.Tensor) -> np.ndarray:
+        """Indices into the full training split (not the held-out-free subset the pool is built on)."""
+        idx = self.get(class_idx)["indices"].numpy()[pool_positions.cpu().numpy()]
+        parent_indices = getattr(self.train, "indices", None)
+        return parent_indices[idx] if parent_indices is not None else idx
+
     def images(self, class_idx: int, pool_positions: torch.Tensor) -> torch.Tensor:
         """uint8 images of the given pool positions of a class."""
         idx = self.get(class_idx)["indices"].numpy()[pool_positions.cpu().numpy()]

@@ -1,0 +1,227 @@
+"""Recover cost on one GPU at ImageNet scale, with no dataset and no download.
+
+`python -m reta.gpu_bench --out benchmarks/results/gpu.json` (benchmarks/gpu.sh) times the real
+`reta.recover.distill` for FADRM, DRC, PTA and RETA with:
+
+* a random-weight torchvision ResNet-18 at 224 px (timing does not depend on the weights; its
+  BatchNorm running statistics are calibrated on the synthetic images so the BN-matching loss
+  has realistic magnitudes), wrapped in a `reta.teacher.Teacher`;
+* an in-memory synthetic dataset: `classes` classes of random uint8 images, `pool_per_class`
+  (at least `ipc`) per class, so the RDED initialisation and the DRC/PTA pool exist;
+* IPC-50-sized batches: **per-class groups of `ipc` images for every method** (batch_size = ipc,
+  batch_composition = per-class), so all four methods optimise the same tensor shapes. (FADRM's
+  own ImageNet setting is class-mixed batches of 100; per image its cost is a little lower there.)
+
+Per method: a short warm-up run (`warmup` steps: CUDA/cuDNN initialisation, the pool cache
+build, compilation when `compile`) and then the timed run of `budget` steps into a fresh
+folder, with the peak-memory counter reset in between. Reported per method: wall seconds per
+image of the timed run, the manifest's split (group seconds vs one-off setup: pool load, PTA
+references, RDED init), seconds per image of the last group alone (steady state), a linear
+extrapolation to the field's budget of 2000 steps (an estimate, labelled so), and
+`torch.cuda.max_memory_allocated`. `sync_check` counts host synchronisations of a short FADRM
+run with `torch.cuda.set_sync_debug_mode("warn")`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reta import config as config_mod
+from reta.data.dataset import DatasetInfo, TensorImageSet
+from reta.models import create_model
+from reta.recover import distill, preset
+from reta.teacher import Teacher, freeze
+
+METHODS = ("fadrm", "drc", "pta", "reta")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FIELD_BUDGET = 2000
+# RETA paper, RTX 4090, ImageNet-1K, ResNet-18 (for orientation only: other GPU, batch and budget).
+REFERENCE_4090 = {"fadrm": {"seconds_per_image": 0.47, "memory_gb": 2.9},
+                  "fadrm+": {"seconds_per_image": 1.09, "memory_gb": 11.0},
+                  "reta": {"seconds_per_image": 1.31, "memory_gb": 13.4}}
+
+
+def synthetic_set(classes: int, per_class: int, size: int, seed: int = 0) -> TensorImageSet:
+    """Random uint8 images, `per_class` per class, with ImageNet normalisation."""
+    info = DatasetInfo(f"synthetic{size}", tuple(f"class{c}" for c in range(classes)), size, IMAGENET_MEAN, IMAGENET_STD)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (classes * per_class, 3, size, size), generator=gen, dtype=torch.uint8)
+    return TensorImageSet(images, np.repeat(np.arange(classes), per_class), info, f"synthetic:{classes}x{per_class}x{size}")
+
+
+@torch.no_grad()
+def random_teacher(arch: str, data: TensorImageSet, dev: torch.device, seed: int = 0, batches: int = 4,
+                   batch_size: int = 64) -> Teacher:
+    """A random-weight teacher whose BN running statistics are those of `data` (cumulative average)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(arch, data.info.num_classes, data.info.image_size).to(dev)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen).numpy()
+        model(data.info.normalise(data.load(idx).to(dev)))
+    for m in bns:
+        m.momentum = 0.1
+    model = freeze(model)
+    meta = {"holdout": {"fraction": 0.0, "seed": 0}, "note": "random weights, BN statistics calibrated on synthetic data"}
+    return Teacher(model=model, arch=arch, info=data.info, meta=meta, path=Path(f"<random {arch} seed {seed}>"),
+                   weights_hash=f"random-{arch}-{seed}-{data.info.num_classes}-{data.info.image_size}")
+
+
+def method_config(method: str, ipc: int, budget: int, size: int, pool_per_class: int, precision: str,
+                  compile_teacher: bool) -> config_mod.RecoverConfig:
+    base = preset(method)
+    base.update(ipc=ipc, iterations=budget, batch_size=ipc, batch_composition="per-class",
+                jitter=32 if size >= 128 else 4, precision=precision, compile=compile_teacher,
+                rded_candidates=min(300, pool_per_class))
+    base["drc"] = {**base.get("drc", {}), "pool_per_class": pool_per_class}
+    return config_mod.build(config_mod.RecoverConfig, base=base)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _time_distill(data, teacher, cfg, out: Path, dev, cache: Path) -> tuple[dict, float]:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    _sync(dev)
+    t0 = time.perf_counter()
+    manifest = distill(data, [teacher], cfg, out, dev, cache_dir=cache, progress=False)
+    _sync(dev)
+    return manifest, time.perf_counter() - t0
+
+
+def count_host_syncs(data, teacher, cfg, out: Path, dev, cache: Path) -> dict:
+    """Synchronising CUDA calls during one distill run (torch.cuda.set_sync_debug_mode('warn'))."""
+    if dev.type != "cuda":
+        return {"skipped": "needs CUDA"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            distill(data, [teacher], cfg, out, dev, cache_dir=cache, progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    steps = cfg.iterations * (data.info.num_classes * cfg.ipc // cfg.batch_size)
+    return {"method": cfg.method, "steps": steps, "host_syncs": len(syncs), "host_syncs_per_step": len(syncs) / max(1, steps),
+            "note": "whole run incl. RDED init, pool load, residual connections, PNG writing"}
+
+
+def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50, budget: int = 200,
+        methods=METHODS, pool_per_class: int = 300, dev: torch.device | None = None, warmup: int = 8,
+        precision: str = "auto", compile_teacher: bool = False, sync_check: bool = False, seed: int = 0) -> dict:
+    """Time recover per method; returns the JSON-ready result (see module docstring)."""
+    from reta.runtime import autocast_dtype
+
+    dev = dev or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    per_class = max(pool_per_class, ipc)
+    t_setup = time.perf_counter()
+    data = synthetic_set(classes, per_class, size, seed)
+    teacher = random_teacher(arch, data, dev, seed)
+    setup_seconds = time.perf_counter() - t_setup
+    n_images = classes * ipc
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="reta-gpu-bench-") as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "cache"
+        for method in methods:
+            cfg = method_config(method, ipc, budget, size, pool_per_class, precision, compile_teacher)
+            warm, warm_wall = _time_distill(data, teacher, dataclasses.replace(cfg, iterations=warmup),
+                                            tmp / f"{method}-warmup", dev, cache)
+            manifest, wall = _time_distill(data, teacher, cfg, tmp / method, dev, cache)
+            t = manifest["timings"]
+            last = manifest["groups"][-1]
+            per_img = wall / n_images
+            results[method] = {
+                "seconds_per_image": per_img,
+                "seconds_per_image_groups_only": t["group_seconds"] / n_images,
+                "seconds_per_image_last_group": last["seconds"] / len(last["slots"]),
+                f"seconds_per_image_at_{FIELD_BUDGET}_steps_estimate": t["group_seconds"] / n_images * FIELD_BUDGET / budget,
+                "wall_seconds": wall, "group_seconds": t["group_seconds"], "setup_seconds": t.get("setup_seconds", 0.0),
+                "group_seconds_each": [g["seconds"] for g in manifest["groups"]],
+                "drc_share": manifest["drc_share"], "pta_share": manifest["pta_share"],
+                "peak_memory_mb": manifest["peak_memory_mb"],
+                "peak_memory_gb": manifest["peak_memory_mb"] / 1024.0,
+                "warmup": {"steps": warmup, "wall_seconds": warm_wall, "setup_seconds": warm["timings"].get("setup_seconds", 0.0)},
+                "groups": len(manifest["groups"]), "stage_budgets": manifest["stage_budgets"],
+                "batch_composition": cfg.batch_composition, "batch_size": cfg.batch_size,
+            }
+        sync = (count_host_syncs(data, teacher, method_config("fadrm", ipc, max(budget, 8), size, pool_per_class, precision,
+                                                               False), tmp / "sync", dev, cache) if sync_check else None)
+    return {
+        "benchmark": "reta.gpu_bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "settings": {"size": size, "arch": arch, "weights": "random (BN statistics calibrated on the synthetic images)",
+                     "classes": classes, "ipc": ipc, "images": n_images, "budget_steps": budget, "warmup_steps": warmup,
+                     "pool_per_class": pool_per_class, "batch": f"per-class groups of {ipc} images (batch_size={ipc})",
+                     "precision": precision, "autocast_dtype": str(autocast_dtype(precision, dev)),
+                     "compile": compile_teacher, "data": "synthetic random uint8, in memory", "seed": seed},
+        "setup_seconds": setup_seconds,
+        "methods": results,
+        "host_sync_check": sync,
+        "notes": [
+            "seconds_per_image = wall time of the timed distill() call / images (after a warm-up run of the same method)",
+            "seconds_per_image_last_group: the last group alone (steady state, no one-off setup)",
+            f"*_at_{FIELD_BUDGET}_steps_estimate: group seconds scaled linearly from the measured budget; an estimate",
+            "peak_memory: torch.cuda.max_memory_allocated during the timed run (reset after the warm-up)",
+            "reference_4090: RETA paper figures (ImageNet-1K, RTX 4090, its own batch and budget), not comparable 1:1",
+        ] + (["compile: every distill() copies the teacher, so the timed run compiles again; "
+              "read seconds_per_image_last_group"] if compile_teacher else []),
+        "reference_4090": REFERENCE_4090,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reta.gpu_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results/gpu.json")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--ipc", type=int, default=50)
+    p.add_argument("--budget", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--pool-per-class", type=int, default=300)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the teacher forward")
+    p.add_argument("--sync-check", action="store_true", help="count host synchronisations of a FADRM run")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    result = run(size=args.size, arch=args.arch, classes=args.classes, ipc=args.ipc, budget=args.budget,
+                 methods=tuple(m for m in args.methods.split(",") if m), pool_per_class=args.pool_per_class,
+                 dev=torch.device(args.device) if args.device else None, warmup=args.warmup, precision=args.precision,
+                 compile_teacher=args.compile, sync_check=args.sync_check)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for m, r in result["methods"].items():
+        print(f"{m:>6}: {r['seconds_per_image']:.3f} s/img ({r['seconds_per_image_last_group']:.3f} last group), "
+              f"peak {r['peak_memory_gb']:.2f} GB", flush=True)
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
