@@ -93,7 +93,9 @@ def run_bench(preset_name: str, tier: str, out: Path | None, data_root: str | No
     rows = []
     for method in methods:
         run_dir = out / method
-        cfg = build(RecoverConfig, base={**preset(method), "ipc": spec["ipc"], **settings["recover"]})
+        base_method, *overrides = method.split("+")  # e.g. "reta+pta.weight=0.005": a labelled variant
+        cfg = build(RecoverConfig, base={**preset(base_method), "ipc": spec["ipc"], **settings["recover"]},
+                    sets=overrides)
         t0 = time.time()
         if not (run_dir / "distilled" / "manifest.json").is_file():
             print(f"[bench] distill {method}", flush=True)

@@ -96,12 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reta-demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
 
+    p = sub.add_parser("export-ddranking", help="copy a distilled set, teacher weights and a config for DD-Ranking")
+    p.add_argument("--distilled", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("bench", parents=[common], help="benchmark every method under one protocol (BENCHMARKS.md)")
     p.add_argument("preset", help="e.g. imagenette32-ipc10, cifar10-ipc10")
     p.add_argument("--tier", choices=["quick", "full"], default="quick")
     p.add_argument("--out", default=None)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--methods", default=None)
+    p.add_argument("--methods", default=None,
+                   help="comma-separated; a variant adds +key=value overrides, e.g. reta+pta.weight=0.005")
     return parser
 
 
@@ -253,6 +259,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export_ddranking(args) -> int:
+    from reta import teacher
+    from reta.evaluate.ddranking import export
+
+    out = export(Path(args.distilled), teacher.load_teacher(args.teacher), Path(args.out))
+    print(f"DD-Ranking input -> {out} (images/, teacher.pth, config.yaml)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from reta.bench import run_bench
 
@@ -262,7 +277,8 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"squeeze": cmd_squeeze, "distill": cmd_distill, "relabel": cmd_relabel, "evaluate": cmd_evaluate,
-            "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench}
+            "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench,
+            "export-ddranking": cmd_export_ddranking}
 
 
 def main(argv: list[str] | None = None) -> int:
