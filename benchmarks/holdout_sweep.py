@@ -49,7 +49,14 @@ def main() -> None:
     p.add_argument("preset")
     p.add_argument("--tier", default="quick")
     p.add_argument("--out", default=None)
+    p.add_argument("--variants", default=None, help="comma-separated method+key=value+..., e.g. drc+drc.distinct=true")
     args = p.parse_args()
+    variants = VARIANTS
+    if args.variants:
+        variants = []
+        for item in args.variants.split(","):
+            method, *sets = item.split("+")
+            variants.append((method, dict(kv.split("=", 1) for kv in sets)))
     spec, settings = PRESETS[args.preset], TIERS[args.tier]
     dev = device()
     train, test = load_dataset(spec["data"], default_data_root())
@@ -58,7 +65,7 @@ def main() -> None:
     protocol = build(EvalProtocol, base={**settings["protocol"], "labels": "online"})
     out = Path(args.out or f"benchmarks/runs/sweep-{args.preset}-{args.tier}")
     rows = []
-    for method, overrides in VARIANTS:
+    for method, overrides in variants:
         name = method + "".join(f"_{k}={v}" for k, v in overrides.items())
         cfg = build(RecoverConfig, base={**preset(method), "ipc": spec["ipc"], **settings["recover"]})
         apply_overrides(cfg, overrides)
@@ -76,7 +83,7 @@ def main() -> None:
                      "pta_share": manifest["pta_share"], "drc_share": manifest["drc_share"],
                      "shared_anchor_fraction": manifest["shared_anchor_fraction"], "seconds": time.time() - t0})
         print(f"{name:<45} held-out top-1 {100 * res['top1_final_mean']:.2f} ± {100 * res['top1_final_std']:.2f}", flush=True)
-    io.write_json(Path("benchmarks/results") / f"sweep-{args.preset}-{args.tier}.json",
+    io.write_json(Path("benchmarks/results") / f"sweep-{args.preset}-{args.tier}{'-custom' if args.variants else ''}.json",
                   {"preset": args.preset, "tier": args.tier, "split": "holdout", "held_out_images": len(held),
                    "rows": rows, "versions": io.versions()})
 
