@@ -36,3 +36,17 @@ def test_resnet_weights_load_into_plain_torchvision(digits, tmp_path):
     net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # CIFAR stem for <= 64 px, as in the registry
     net.maxpool = torch.nn.Identity()
     net.load_state_dict(torchvision_state_dict(teacher))
+
+
+def test_torchvision_checkpoint_imports_into_the_registry_model(tmp_path):
+    """An ImageNet teacher from a local torchvision state_dict (as saved by torchvision) loads offline."""
+    from reta.models import create_model
+    from reta.teacher import load_weights, read_state_dict
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=10)
+    torch.save(tv.state_dict(), tmp_path / "rn18.pth")
+    ours = create_model("resnet18", 10, 224)
+    load_weights(ours, read_state_dict(tmp_path / "rn18.pth"), "rn18.pth")
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.allclose(ours.eval()(x), tv.eval()(x), atol=1e-5)
