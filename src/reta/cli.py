@@ -112,8 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_squeeze(args) -> int:
-    import torch
-
     from reta import config, data, runtime, teacher
 
     dev = runtime.device()
@@ -126,7 +124,6 @@ def cmd_squeeze(args) -> int:
                         init_weights=Path(args.init_weights) if args.init_weights else None, progress=not args.quiet)
     print(f"teacher {cfg.arch}: test top-1 {t.meta['test_top1']:.4f} ({len(test)} images), "
           f"{t.meta['seconds']:.0f} s -> {args.out}")
-    del torch
     return 0
 
 
