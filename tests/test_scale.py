@@ -201,3 +201,20 @@ def test_deferred_non_finite_check_reports_the_first_bad_step(every, work, monke
     assert rc == 2 and len(err) == 1
     assert "non-finite loss (inf) at stage 1 step 0; lower --set lr=0.25 or r_bn=1e+300" in err[0]
     assert not list((tmp_path / "d").rglob("*.png"))
+
+
+def test_relabel_shards_over_two_processes_match_one(work):
+    """Label shards are dealt to ranks; every epoch's draws depend only on (seed, epoch): same bytes."""
+    from safetensors.torch import load_file
+
+    args = ["relabel", "--distilled", str(work / "fadrm-1"), "--teacher", str(work / "T"), "--epochs", "3",
+            "--batch-size", "10", "--set", "shard_epochs=1"]
+    reta(*args, "--out", str(work / "labels-1"))
+    torchrun(*args, "--out", str(work / "labels-2"))
+    one, two = work / "labels-1", work / "labels-2"
+    shards = sorted(p.name for p in one.glob("labels-*.safetensors"))
+    assert len(shards) == 3 and shards == sorted(p.name for p in two.glob("labels-*.safetensors"))
+    for name in shards:
+        a, b = load_file(str(one / name)), load_file(str(two / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((two / "manifest.json").read_text())["num_shards"] == 3

@@ -154,17 +154,22 @@ def cmd_distill(args) -> int:
 
 
 def cmd_relabel(args) -> int:
-    from reta import config, distilled, runtime, teacher
+    from reta import config, dist, distilled, runtime, teacher
     from reta.labels.store import relabel
 
     dev = runtime.device()
+    ctx = dist.init_from_env(dev)  # under torchrun: label shards are dealt to the ranks
     base = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size}.items() if v is not None}
     cfg = config.build(config.RelabelConfig, args.config, _flat(args.sets), base=base)
     images, _ = distilled.read_distilled(args.distilled)
     teachers = [teacher.load_teacher(t, expect=images.info, dev=dev) for t in args.teacher]
-    out = relabel(images, [t.model for t in teachers], images.info, cfg, Path(args.out), dev,
-                  progress=not args.quiet)
-    print(f"soft labels for {len(images)} images x {cfg.epochs} epochs -> {out}")
+    try:
+        out = relabel(images, [t.model for t in teachers], images.info, cfg, Path(args.out), dev,
+                      progress=not args.quiet and ctx.is_main, rank=ctx.rank, world=ctx.world, barrier=ctx.barrier)
+    finally:
+        dist.shutdown()
+    if ctx.is_main:
+        print(f"soft labels for {len(images)} images x {cfg.epochs} epochs -> {out}")
     return 0
 
 

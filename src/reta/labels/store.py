@@ -261,18 +261,24 @@ def claim_out_dir(out_dir: Path) -> None:
 
 
 def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg: RelabelConfig, out_dir: Path,
-            dev: torch.device, progress: bool = True, teacher_ids: Sequence[dict] | None = None) -> Path:
+            dev: torch.device, progress: bool = True, teacher_ids: Sequence[dict] | None = None,
+            rank: int = 0, world: int = 1, barrier=None) -> Path:
     """Write a soft-label store for `images` (uint8 (N,3,S,S), labels unused) to `out_dir`; returns out_dir.
 
     `teachers` must already sit on `dev`. `teacher_ids` (optional, one dict per teacher, e.g.
     {"path": ..., "arch": ...}) is recorded in the manifest beside each teacher's state-dict hash.
     Shards left by an interrupted run with the same identity (images, teachers, seed, batch size,
-    augmentation) are kept, not recomputed.
+    augmentation) are kept, not recomputed. Under torchrun shard i is computed by rank i % world;
+    every epoch's draws depend only on (seed, epoch), so the files do not depend on the world size.
+    Rank 0 writes the manifest after all ranks are done.
     """
     check_relabel_config(cfg, images, teachers, teacher_ids)
     info.check_compatible(images.info, "dataset", f"image set {images.source}")
     out_dir = Path(out_dir)
-    claim_out_dir(out_dir)
+    if rank == 0:
+        claim_out_dir(out_dir)
+    if barrier:
+        barrier()
     t0 = time.time()
     n, bs = len(images), cfg.batch_size
     teacher_json = [{"sha256": module_hash(t), **(dict(teacher_ids[i]) if teacher_ids else {})}
@@ -283,18 +289,21 @@ def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg:
                 "cutmix_beta": cfg.cutmix_beta, "cutmix_prob": cfg.cutmix_prob, "view_size": info.image_size}
     fingerprint = io.sha256_json(identity)
     logit_bytes, total_bytes = estimate_bytes(n, info.num_classes, bs, cfg.epochs)
-    print(f"relabel: {n} images x {info.num_classes} classes x {cfg.epochs} epochs x 2 B = "
-          f"{logit_bytes / 2**20:.1f} MiB of fp16 logits ({total_bytes / 2**20:.1f} MiB with crop/flip/CutMix "
-          f"parameters) in {math.ceil(cfg.epochs / cfg.shard_epochs)} shard(s) under {out_dir}", file=sys.stderr)
+    if rank == 0:
+        print(f"relabel: {n} images x {info.num_classes} classes x {cfg.epochs} epochs x 2 B = "
+              f"{logit_bytes / 2**20:.1f} MiB of fp16 logits ({total_bytes / 2**20:.1f} MiB with crop/flip/CutMix "
+              f"parameters) in {math.ceil(cfg.epochs / cfg.shard_epochs)} shard(s) under {out_dir}", file=sys.stderr)
     free = shutil.disk_usage(out_dir).free
     if total_bytes > free:
         raise RetaError(f"relabel: the store needs about {total_bytes / 2**30:.2f} GiB but {out_dir} has "
                         f"{free / 2**30:.2f} GiB free; lower --set epochs or write to another --out")
     shards = []
     nb = math.ceil(n / bs)
-    with tqdm(total=cfg.epochs * nb, desc="relabel", unit="batch", disable=not progress) as bar, \
+    ranges = shard_ranges(cfg.epochs, cfg.shard_epochs)
+    mine = [(i, r) for i, r in enumerate(ranges) if i % world == rank]
+    with tqdm(total=sum(c for _, (_, c) in mine) * nb, desc="relabel", unit="batch", disable=not progress) as bar, \
             labelling_teachers(teachers, cfg.teacher_mode) as labellers:
-        for index, (first, count) in enumerate(shard_ranges(cfg.epochs, cfg.shard_epochs)):
+        for index, (first, count) in mine:
             path = out_dir / shard_name(index)
             meta = shard_metadata(fingerprint, first, count)
             if read_shard_meta(path) == meta:
@@ -303,7 +312,15 @@ def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg:
                 tensors = label_epochs(images, labellers, info, cfg, first, count, dev, bar)
                 with io.atomic_path(path) as tmp:
                     save_file(tensors, str(tmp), metadata=meta)
-            shards.append({"file": path.name, "first_epoch": first, "epochs": count, "bytes": path.stat().st_size})
+    if barrier:
+        barrier()
+    if rank != 0:
+        return out_dir
+    for index, (first, count) in enumerate(ranges):
+        path = out_dir / shard_name(index)
+        if read_shard_meta(path) != shard_metadata(fingerprint, first, count):
+            raise RetaError(f"relabel: shard {path} is missing or stale after all ranks finished; rerun the command")
+        shards.append({"file": path.name, "first_epoch": first, "epochs": count, "bytes": path.stat().st_size})
     manifest = {**identity, "fingerprint": fingerprint, "epochs": cfg.epochs, "shard_epochs": cfg.shard_epochs,
                 "num_images": n, "num_batches": nb, "num_classes": info.num_classes, "logits_dtype": "float16",
                 "image_set_source": images.source, "teachers": teacher_json, "num_shards": len(shards),
