@@ -60,6 +60,7 @@ def distill(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_di
     run = Recover(fit, teachers, cfg, out_dir, dev, cache_dir=cache_dir, progress=progress)
     pending = [g for g in range(len(run.groups())) if g not in done]
     run.prepare_pool(pending, rank, world)  # each class's pool cache built by one rank
+    run.prepare_inits(pending, rank, world)  # and each class's initial images
     if barrier:
         barrier()
     summary = run.run(rank, world, done=done)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from reta import io
 from reta.config import RecoverConfig
@@ -43,6 +47,7 @@ from reta.runtime import autocast, autocast_dtype, derive_seed, peak_memory_mb
 from reta.teacher import Teacher, cosine_lr
 
 LEDGER = "progress"
+INIT_DIR = "init"  # initial images per class while a run is unfinished
 RUN_RECORD = "run.json"
 # On a GPU the loss is checked for NaN/inf every this many steps (and at the end of each stage),
 # so the step loop never waits for the device; on the CPU a check costs nothing and runs every step.
@@ -130,7 +135,6 @@ class Recover:
         self.sizes, self.budgets = stage_plan(cfg, self.info.image_size)
         self.total_steps = sum(self.budgets) if cfg.iterations else 0
         self.timer = io.Timer()
-        self._init_cache: dict[int, torch.Tensor] = {}
         self.hooks = [BNStatHooks(m) for m in self.teachers] if self.total_steps else []
         if self.total_steps and any(not h.layers for h in self.hooks):
             raise RetaError("a teacher has no BatchNorm layers; BN-matching methods need a BN teacher (e.g. convnet3, resnet18)")
@@ -193,25 +197,53 @@ class Recover:
                             f"lower --set lr={cfg.lr} or r_bn={cfg.r_bn}")
 
     # -- initial images ---------------------------------------------------------------------
-    def init_class(self, c: int) -> torch.Tensor:
-        """Normalised (ipc,3,S,S) initial images of class c, computed once per process."""
-        if c not in self._init_cache:
-            cfg = self.cfg
-            if cfg.init == "noise":
-                x = noise_images(self.info, c, cfg.ipc, cfg.seed)
-            elif cfg.init == "real":
-                x = real_images(self.train, c, cfg.ipc, cfg.seed)
-            elif cfg.init == "rded":
-                x = rded_images(self.train, self.teachers[0], c, cfg.ipc, cfg.seed, cfg.rded_candidates, cfg.rded_crops,
-                                cfg.rded_factor, self.dev, self.dtype).cpu()
-            else:
-                raise RetaError(f"init={cfg.init!r}: use noise, real or rded")
-            self._init_cache[c] = x
-        return self._init_cache[c]
+    def _init_path(self, c: int) -> Path:
+        return self.out / INIT_DIR / f"class_{c:05d}.safetensors"
+
+    def _compute_init(self, c: int) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.init == "noise":
+            return noise_images(self.info, c, cfg.ipc, cfg.seed)
+        if cfg.init == "real":
+            return real_images(self.train, c, cfg.ipc, cfg.seed)
+        if cfg.init == "rded":
+            return rded_images(self.train, self.teachers[0], c, cfg.ipc, cfg.seed, cfg.rded_candidates, cfg.rded_crops,
+                               cfg.rded_factor, self.dev, self.dtype).cpu()
+        raise RetaError(f"init={cfg.init!r}: use noise, real or rded")
+
+    def ensure_init(self, c: int) -> Path:
+        """Normalised (ipc,3,S,S) initial images of class c, written once to OUT/init/.
+
+        On disk rather than in RAM: class-mixed groups touch every class, and all classes' initial
+        images of ImageNet-1K at IPC 50 would take ~30 GB per process. Reads take single slots
+        (memory-mapped), a resumed run reuses the files, and the folder is removed when the set
+        is finished.
+        """
+        path = self._init_path(c)
+        if not path.is_file():
+            x = self._compute_init(c).float().contiguous()
+            with io.atomic_path(path) as tmp:
+                save_file({"x": x}, str(tmp))
+        return path
 
     def init_of(self, flat_idx: np.ndarray) -> torch.Tensor:
         ipc = self.cfg.ipc
-        return torch.stack([self.init_class(int(f) // ipc)[int(f) % ipc] for f in flat_idx]).to(self.dev)
+        rows = []
+        for f in flat_idx:
+            c, i = divmod(int(f), ipc)
+            with safe_open(str(self.ensure_init(c)), framework="pt") as fh:
+                rows.append(fh.get_slice("x")[i:i + 1])
+        return torch.cat(rows).to(self.dev)
+
+    def prepare_inits(self, pending: list[int], rank: int = 0, world: int = 1) -> None:
+        """Compute the missing initial images of the classes pending groups touch, class c on one
+        rank (as the pool cache); follow with a barrier. Its seconds count as setup."""
+        t0 = time.time()
+        groups = self.groups()
+        classes = sorted({int(c) for g in pending for c in groups[g] // self.cfg.ipc})
+        for c in classes[rank::world]:
+            self.ensure_init(c)
+        self._pool_seconds += time.time() - t0
 
     # -- one group ----------------------------------------------------------------------------
     def run_group(self, key: int, flat_idx: np.ndarray) -> tuple[torch.Tensor, dict]:
@@ -419,6 +451,7 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
     write_manifest(out_dir, info, cfg.ipc, manifest)
     for stale in out_dir.rglob(".*.tmp"):  # temporaries of writes killed mid-way (every rank is past the barrier)
         stale.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / INIT_DIR, ignore_errors=True)  # only needed while the set was unfinished
     return manifest
 
 
