@@ -13,7 +13,7 @@ from reta.config import RecoverConfig
 from reta.data.dataset import ImageSet, split_holdout
 from reta.distilled import MANIFEST
 from reta.errors import RetaError
-from reta.recover.loop import RUN_RECORD, Recover, done_groups, finalise, plan_groups
+from reta.recover.loop import RUN_RECORD, Recover, done_groups, finalise
 from reta.recover.methods import METHODS, SELECTION_ONLY, preset
 from reta.teacher import Teacher
 
@@ -51,16 +51,14 @@ def distill(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_di
     elif rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         io.write_json(out_dir / RUN_RECORD, {**record, "versions": io.versions()})
-    # Every rank reads the ledger before the barrier, i.e. before any rank can add to it, so all
-    # ranks deal the same pending groups.
-    done = done_groups(out_dir, len(plan_groups(train.info.num_classes, cfg.ipc, cfg.batch_size, cfg.batch_composition)))
-    if barrier:
-        barrier()
     started = time.time()
     run = Recover(fit, teachers, cfg, out_dir, dev, cache_dir=cache_dir, progress=progress)
-    pending = [g for g in range(len(run.groups())) if g not in done]
-    run.prepare_pool(pending, rank, world)  # each class's pool cache built by one rank
-    run.prepare_inits(pending, rank, world)  # and each class's initial images
+    # Every rank reads the ledger before the barrier, i.e. before any rank can add to it, so all
+    # ranks deal the same pending groups.
+    done = done_groups(out_dir, len(run.groups()))
+    if barrier:
+        barrier()
+    run.prepare_shared([g for g in range(len(run.groups())) if g not in done], rank, world)
     if barrier:
         barrier()
     summary = run.run(rank, world, done=done)

@@ -135,6 +135,7 @@ class Recover:
         self.sizes, self.budgets = stage_plan(cfg, self.info.image_size)
         self.total_steps = sum(self.budgets) if cfg.iterations else 0
         self.timer = io.Timer()
+        self._setup_seconds = 0.0  # shared files and this rank's caches/references, before its first group
         self.hooks = [BNStatHooks(m) for m in self.teachers] if self.total_steps else []
         if self.total_steps and any(not h.layers for h in self.hooks):
             raise RetaError("a teacher has no BatchNorm layers; BN-matching methods need a BN teacher (e.g. convnet3, resnet18)")
@@ -227,23 +228,15 @@ class Recover:
         return path
 
     def init_of(self, flat_idx: np.ndarray) -> torch.Tensor:
-        ipc = self.cfg.ipc
-        rows = []
-        for f in flat_idx:
-            c, i = divmod(int(f), ipc)
+        """Initial images of the given slots, in that order; each class file is opened once."""
+        classes, slots = np.divmod(np.asarray(flat_idx, dtype=np.int64), self.cfg.ipc)
+        rows = [None] * len(flat_idx)
+        for c in np.unique(classes).tolist():
             with safe_open(str(self.ensure_init(c)), framework="pt") as fh:
-                rows.append(fh.get_slice("x")[i:i + 1])
+                x = fh.get_slice("x")
+                for j in np.flatnonzero(classes == c).tolist():
+                    rows[j] = x[int(slots[j]):int(slots[j]) + 1]
         return torch.cat(rows).to(self.dev)
-
-    def prepare_inits(self, pending: list[int], rank: int = 0, world: int = 1) -> None:
-        """Compute the missing initial images of the classes pending groups touch, class c on one
-        rank (as the pool cache); follow with a barrier. Its seconds count as setup."""
-        t0 = time.time()
-        groups = self.groups()
-        classes = sorted({int(c) for g in pending for c in groups[g] // self.cfg.ipc})
-        for c in classes[rank::world]:
-            self.ensure_init(c)
-        self._pool_seconds += time.time() - t0
 
     # -- one group ----------------------------------------------------------------------------
     def run_group(self, key: int, flat_idx: np.ndarray) -> tuple[torch.Tensor, dict]:
@@ -341,8 +334,24 @@ class Recover:
                 out[c] = self.pta.clean_features(resample(x, self.sizes[0]))
         return out
 
-    def prepare_classes(self, classes: list[int]) -> float:
-        """One-off work before the first group: DRC pool caches and PTA references.
+    def classes_of(self, group_ids: list[int]) -> list[int]:
+        """The classes the given groups touch, sorted."""
+        groups = self.groups()
+        return sorted({int(c) for g in group_ids for c in groups[g] // self.cfg.ipc})
+
+    def prepare_shared(self, pending: list[int], rank: int = 0, world: int = 1) -> None:
+        """Write the per-class files every rank reads: initial images and, for DRC/PTA, the pool
+        cache. Class c of those the pending groups touch is built by rank c's turn in the sorted
+        list, so each is built once, by one rank; follow with a barrier. Its seconds are setup."""
+        t0 = time.time()
+        for c in self.classes_of(pending)[rank::world]:
+            self.ensure_init(c)
+            if self.pool is not None:
+                self.pool.get(c)
+        self._setup_seconds += time.time() - t0
+
+    def prepare_classes(self, classes: list[int]) -> None:
+        """Load this rank's pool caches and PTA references before its first group.
 
         Done up front so the DRC and PTA timers measure only their per-connection and per-step
         cost; the setup is reported separately (it is amortised over all images of a class).
@@ -353,22 +362,7 @@ class Recover:
                 self.pool.get(c)
             if self.pta is not None:
                 self.pta.reference(c)
-        return time.time() - t0
-
-    def prepare_pool(self, pending: list[int], rank: int = 0, world: int = 1) -> None:
-        """Build the missing pool cache files of the classes that pending groups touch: class c on
-        rank c % world, so each class is built once, by one rank (not by every rank that needs it).
-        Follow with a barrier; `run` then only loads them. Its seconds count as setup."""
-        if self.pool is None:
-            return
-        t0 = time.time()
-        groups = self.groups()
-        classes = sorted({int(c) for g in pending for c in groups[g] // self.cfg.ipc})
-        for c in classes[rank::world]:
-            self.pool.get(c)
-        self._pool_seconds += time.time() - t0
-
-    _pool_seconds = 0.0
+        self._setup_seconds += time.time() - t0
 
     # -- whole run ----------------------------------------------------------------------------
     def groups(self) -> list[np.ndarray]:
@@ -385,13 +379,12 @@ class Recover:
         from tqdm import tqdm
 
         groups = self.groups()
-        ledger = self.out / LEDGER
         done = done_groups(self.out, len(groups)) if done is None else done
         pending = [g for g in range(len(groups)) if g not in done]
         mine = [(g, groups[g]) for g in pending[rank::world]]
         skipped = len(groups) - len(pending)
         t0 = time.time()
-        setup_seconds = self._pool_seconds + self.prepare_classes(sorted({int(c) for _, idx in mine for c in idx // self.cfg.ipc}))
+        self.prepare_classes(self.classes_of([g for g, _ in mine]))
         self._bar = tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
                          disable=not self.progress or not self.total_steps or not mine)
         for g, idx in mine:
@@ -404,23 +397,26 @@ class Recover:
             for f, img in zip(idx, images):
                 write_png(image_path(self.out, int(f) // self.cfg.ipc, int(f) % self.cfg.ipc, self.info.num_classes), img)
             record.update(group=g, slots=idx.tolist(), seconds=time.time() - t_group)
-            io.write_json(ledger / f"group_{g:05d}.json", record)
+            io.write_json(ledger_path(self.out, g), record)
             if not self.total_steps and self.progress:
                 print(f"  group {g + 1}/{len(groups)} selected", flush=True)
         self._bar.close()
         for h in self.hooks:
             h.remove()
         return {"groups": len(groups), "done_here": len(mine), "resumed": skipped, "seconds": time.time() - t0,
-                "setup_seconds": setup_seconds,
+                "setup_seconds": self._setup_seconds,
                 "peak_memory_mb": peak_memory_mb(self.dev)}
 
     _bar = None
 
 
+def ledger_path(out_dir: Path, group: int) -> Path:
+    return Path(out_dir) / LEDGER / f"group_{group:05d}.json"
+
+
 def done_groups(out_dir: Path, num_groups: int) -> set[int]:
     """Groups whose ledger entry exists (written after the group's images, so those are complete)."""
-    ledger = Path(out_dir) / LEDGER
-    return {g for g in range(num_groups) if (ledger / f"group_{g:05d}.json").is_file()}
+    return {g for g in range(num_groups) if ledger_path(out_dir, g).is_file()}
 
 
 def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: float, extra: dict) -> dict:
@@ -429,8 +425,7 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
     Written last: its presence marks the distilled set complete.
     """
     cfg, info = recover.cfg, recover.info
-    groups = plan_groups(info.num_classes, cfg.ipc, cfg.batch_size, cfg.batch_composition)
-    ledger = [io.read_json(out_dir / LEDGER / f"group_{g:05d}.json") for g in range(len(groups))]
+    ledger = [io.read_json(ledger_path(out_dir, g)) for g in range(len(recover.groups()))]
     drc = [r for entry in ledger for r in entry.pop("drc", [])]
     timings: dict[str, float] = {}
     for entry in ledger:
