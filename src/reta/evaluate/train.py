@@ -89,28 +89,12 @@ def batch_loss(model: nn.Module, x: torch.Tensor, batch: Batch, labels: torch.Te
                rows: slice | None = None) -> torch.Tensor:
     """Scalar loss of the student on views x (b,3,S,S); labels int64 (b,) are used in hard mode only.
 
-    rows: train on these rows of the (global) batch only (a DDP rank's slice); the result is the
-    slice's mean loss times len(slice)/len(batch), i.e. the slice's share of the global mean.
+    rows: train on these rows of the (global) batch only (a DDP rank's slice; default all); the
+    result is the slice's mean loss times len(slice)/len(batch), i.e. its share of the global mean.
     """
-    if rows is not None:
-        return _slice_loss(model, x, batch, labels, teacher, protocol, dtype, dev, rows)
-    with autocast(dtype, dev):
-        logits = model(x)
-        if protocol.labels == "online":
-            with torch.no_grad():
-                target = teacher(x)
-    if protocol.labels == "hard":
-        cutmix = batch.cutmix
-        return hard_cutmix_loss(logits, labels, None if cutmix is None else cutmix.perm,
-                                1.0 if cutmix is None else cutmix.lam)
-    if protocol.labels == "stored":
-        target = batch.logits.to(dev)
-    return kd_loss(logits, target, protocol.temperature, protocol.t_squared)
-
-
-def _slice_loss(model: nn.Module, x: torch.Tensor, batch: Batch, labels: torch.Tensor, teacher: nn.Module | None,
-                protocol: EvalProtocol, dtype: torch.dtype | None, dev: torch.device, rows: slice) -> torch.Tensor:
-    n, mine = len(x), rows.stop - rows.start
+    n = len(x)
+    rows = slice(0, n) if rows is None else rows
+    mine = rows.stop - rows.start
     xs = x[rows]
     with autocast(dtype, dev):
         logits = model(xs)  # an empty slice still runs, so this rank joins the gradient all-reduce
@@ -121,13 +105,9 @@ def _slice_loss(model: nn.Module, x: torch.Tensor, batch: Batch, labels: torch.T
         return logits.float().sum() * 0.0
     if protocol.labels == "hard":
         cutmix = batch.cutmix
-        own = labels[rows]
-        if cutmix is None:
-            loss = hard_cutmix_loss(logits, own, None, 1.0)
-        else:  # the CutMix partner may sit on another rank's slice: take its label from the global batch
-            partner = labels[cutmix.perm.to(labels.device)][rows]
-            loss = cutmix.lam * hard_cutmix_loss(logits, own, None, 1.0) + (1.0 - cutmix.lam) * hard_cutmix_loss(
-                logits, partner, None, 1.0)
+        # The CutMix partner may sit in another rank's slice: its label comes from the global batch.
+        partner = None if cutmix is None else labels[cutmix.perm.to(labels.device)][rows]
+        loss = hard_cutmix_loss(logits, labels[rows], partner, 1.0 if cutmix is None else cutmix.lam)
     else:
         if protocol.labels == "stored":
             target = batch.logits[rows].to(dev)

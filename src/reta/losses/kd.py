@@ -26,15 +26,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return loss * (t * t) if t_squared else loss
 
 
-def hard_cutmix_loss(logits: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor | None,
+def hard_cutmix_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor | None,
                      lam: float) -> torch.Tensor:
-    """lam * CE(logits, labels) + (1 - lam) * CE(logits, labels[perm]); scalar.
+    """lam * CE(logits, labels) + (1 - lam) * CE(logits, partner_labels); scalar.
 
-    Args: logits (B,K), labels int64 (B,), perm int64 (B,) the CutMix partner of each image
-    (None for an unmixed batch, then plain CE), lam the own-image area fraction.
+    Args: logits (B,K), labels int64 (B,), partner_labels int64 (B,) the labels of each image's
+    CutMix partner, i.e. labels[perm] of the batch (None for an unmixed batch, then plain CE),
+    lam the own-image area fraction.
     """
     own = F.cross_entropy(logits.float(), labels)
-    if perm is None:
+    if partner_labels is None:
         return own
-    other = F.cross_entropy(logits.float(), labels[perm.to(labels.device)])
+    other = F.cross_entropy(logits.float(), partner_labels.to(labels.device))
     return lam * own + (1.0 - lam) * other
