@@ -27,6 +27,7 @@ from reta.distilled import read_distilled
 from reta.errors import RetaError
 from reta.evaluate import evaluate, hlr, ior, lrs
 from reta.recover import distill, preset
+from reta.retrieval.pool import default_cache_dir
 from reta.runtime import device
 from reta.teacher import load_teacher, squeeze
 
@@ -68,7 +69,7 @@ def default_data_root() -> str | None:
 def cached_teacher(train, test, recipe: dict, dev, progress: bool):
     cfg = build(SqueezeConfig, base=recipe)
     key = io.sha256_json({"data": train.content_hash(), "recipe": dataclasses.asdict(cfg)})[:16]
-    folder = Path(os.environ.get("RETA_CACHE", Path.home() / ".cache" / "reta")) / "teachers" / key
+    folder = default_cache_dir() / "teachers" / key
     if (folder / "meta.json").is_file():
         return load_teacher(folder, expect=train.info, dev=dev)
     print(f"[bench] squeeze {cfg.arch} for {cfg.epochs} epochs (cached at {folder})", flush=True)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reta import io
+from reta import io, topology
 
 if TYPE_CHECKING:
     from reta.data.dataset import ImageSet
@@ -31,7 +31,7 @@ def image_grid(images_uint8: torch.Tensor, nrow: int, path: Path, min_cell: int 
     return path
 
 
-def results_table(results: list[dict], reference: str | None = None) -> str:
+def results_table(results: list[dict]) -> str:
     """Markdown table: final-epoch top-1 mean ± std first, best-epoch labelled, deltas, cost."""
     ref = {r["method"]: r for r in results}
     head = "| method | top-1 final (mean ± std) | Δ vs random | best-epoch (test-selected) | seconds |"
@@ -59,7 +59,6 @@ def cloud_topology(z: torch.Tensor, kappa: float, k: int, infinite: str = "one",
     policy does with them afterwards (with "drop" they are absent from the diagram).
     Returns {"h0", "h1" ([m, 2] float64 numpy), "beta0", "beta1" ([t] numpy), "h1_finite", "h1_essential"}.
     """
-    from reta import topology
 
     if thresholds is None:
         thresholds = torch.arange(BETTI_THRESHOLDS, dtype=torch.float64) / BETTI_THRESHOLDS
@@ -236,7 +235,7 @@ def topology_report(distilled_dir: Path, teacher: Teacher, train: ImageSet, out_
             idx = np.sort(rng.choice(idx, size=max_real, replace=False))
         z_real = _features(teacher.model, info, fit.load(idx)) if len(idx) else torch.zeros(0, 0)
         z_syn = _features(teacher.model, info, syn.load(np.arange(c * ipc, (c + 1) * ipc)))
-        kappa = _cutoff(z_real)
+        kappa = topology.class_cutoff(z_real)  # 1.0 for fewer than two real points
         syn_top = cloud_topology(z_syn, kappa, k, infinite, thresholds)
         n = min(ipc, len(idx))
         real_runs = []
@@ -359,9 +358,3 @@ def topology_report(distilled_dir: Path, teacher: Teacher, train: ImageSet, out_
     io.write_bytes(path, ("\n".join(md) + "\n").encode())
     return path
 
-
-def _cutoff(z_real: torch.Tensor) -> float:
-    """kappa_c of the class's real features (1.0 without any, as `class_cutoff` does for degenerate ones)."""
-    from reta.topology import class_cutoff
-
-    return class_cutoff(z_real) if len(z_real) else 1.0
