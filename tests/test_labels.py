@@ -108,22 +108,35 @@ def test_store_rejects_other_images_batch_size_and_epochs(tmp_path):
 def test_relabel_refuses_a_folder_holding_another_artifact(tmp_path):
     images = tiny_set()
     (tmp_path / "manifest.json").write_text('{"dataset": {}, "ipc": 4}')
-    with pytest.raises(RetaError, match="another artifact"):
+    with pytest.raises(RetaError, match="not written by `reta relabel`"):
         relabel(images, [tiny_teacher(images.info)], images.info, CFG, tmp_path, CPU, progress=False)
-    assert (tmp_path / "manifest.json").is_file()
+    assert (tmp_path / "manifest.json").read_text() == '{"dataset": {}, "ipc": 4}'
 
 
-def test_rerun_keeps_finished_shards(tmp_path):
+def test_interrupted_store_resumes_with_its_shards(tmp_path):
     images = tiny_set()
     teacher = tiny_teacher(images.info)
     make_store(tmp_path / "store", images, [teacher])
+    (tmp_path / "store" / "manifest.json").unlink()  # as if killed before the manifest
     before = [(tmp_path / "store" / shard_name(i)).stat() for i in range(2)]
+    first = (tmp_path / "store" / shard_name(0)).read_bytes()
     make_store(tmp_path / "store", images, [teacher])
     after = [(tmp_path / "store" / shard_name(i)).stat() for i in range(2)]
     assert [(s.st_ino, s.st_mtime_ns) for s in before] == [(s.st_ino, s.st_mtime_ns) for s in after]
-    # Another teacher changes the identity, so the shards are recomputed.
-    make_store(tmp_path / "store", images, [tiny_teacher(images.info, seed=1)])
-    assert (tmp_path / "store" / shard_name(0)).stat().st_ino != before[0].st_ino
+    # A finished store is kept unless --overwrite; then its shards are recomputed for the new teacher.
+    with pytest.raises(RetaError, match="finished labels"):
+        make_store(tmp_path / "store", images, [tiny_teacher(images.info, seed=1)])
+    relabel(images, [tiny_teacher(images.info, seed=1)], images.info, CFG, tmp_path / "store", CPU, progress=False,
+            overwrite=True)
+    assert (tmp_path / "store" / shard_name(0)).read_bytes() != first
+
+
+def test_unfinished_store_of_other_settings_is_refused(tmp_path):
+    images = tiny_set()
+    make_store(tmp_path / "store", images, [tiny_teacher(images.info)])
+    (tmp_path / "store" / "manifest.json").unlink()
+    with pytest.raises(RetaError, match="unfinished run with other settings"):
+        make_store(tmp_path / "store", images, [tiny_teacher(images.info, seed=1)])
 
 
 def test_logits_average_over_teachers(tmp_path):

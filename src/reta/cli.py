@@ -29,6 +29,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set drc.lam=0.2 pta.k=5")
 
 
+def _overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace a finished {what} in --out (only the files this command writes)")
+
+
 def _flat(sets: list) -> list[str]:
     return [s for group in sets for s in (group if isinstance(group, list) else [group])]
 
@@ -51,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", default=None, help="start from these weights (.safetensors or a torch state_dict); "
                    "with --epochs 0 this imports a pretrained teacher")
     p.add_argument("--out", required=True)
+    _overwrite_arg(p, "teacher")
     _config_args(p)
 
     p = sub.add_parser("distill", parents=[common], help="recover a distilled set")
@@ -67,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distilled", required=True)
     p.add_argument("--teacher", required=True, action="append")
     p.add_argument("--out", required=True)
+    _overwrite_arg(p, "label store")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     _config_args(p)
@@ -91,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher whose features are shown (the run's first teacher)")
     p.add_argument("--max-classes", type=int, default=10, help="report the first N classes (default 10)")
     p.add_argument("--out", required=True)
+    _overwrite_arg(p, "report")
 
     p = sub.add_parser("demo", parents=[common], help="the whole pipeline on scikit-learn's digits (no download), in minutes")
     p.add_argument("--out", default="reta-demo")
@@ -112,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_squeeze(args) -> int:
-    from reta import config, data, runtime, teacher
+    from reta import config, data, outdir, runtime, teacher
 
     dev = runtime.device()
     base = {"arch": args.arch} if args.arch else {}
@@ -121,7 +129,8 @@ def cmd_squeeze(args) -> int:
     cfg = config.build(config.SqueezeConfig, args.config, _flat(args.sets), base=base)
     train, test = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
     t = teacher.squeeze(train, test, cfg, Path(args.out), dev,
-                        init_weights=Path(args.init_weights) if args.init_weights else None, progress=not args.quiet)
+                        init_weights=Path(args.init_weights) if args.init_weights else None, progress=not args.quiet,
+                        inputs=outdir.dataset_inputs(args.data, args.data_root), overwrite=args.overwrite)
     print(f"teacher {cfg.arch}: test top-1 {t.meta['test_top1']:.4f} ({len(test)} images), "
           f"{t.meta['seconds']:.0f} s -> {args.out}")
     return 0
@@ -165,7 +174,8 @@ def cmd_relabel(args) -> int:
     teachers = [teacher.load_teacher(t, expect=images.info, dev=dev) for t in args.teacher]
     try:
         out = relabel(images, [t.model for t in teachers], images.info, cfg, Path(args.out), dev,
-                      progress=not args.quiet and ctx.is_main, rank=ctx.rank, world=ctx.world, barrier=ctx.barrier)
+                      progress=not args.quiet and ctx.is_main, rank=ctx.rank, world=ctx.world, barrier=ctx.barrier,
+                      inputs=[Path(args.distilled), *map(Path, args.teacher)], overwrite=args.overwrite)
     finally:
         dist.shutdown()
     if ctx.is_main:
@@ -241,7 +251,7 @@ def format_results(results: list[dict]) -> str:
 
 
 def cmd_report(args) -> int:
-    from reta import data, runtime, teacher
+    from reta import data, distilled, outdir, runtime, teacher
     from reta.reports import topology_report
 
     if args.max_classes < 1:
@@ -249,6 +259,9 @@ def cmd_report(args) -> int:
     dev = runtime.device()
     train, _ = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
     t = teacher.load_teacher(args.teacher, expect=train.info, dev=dev)
+    distilled.read_distilled(args.distilled, expect=train.info)
+    outdir.claim(Path(args.out), "report", overwrite=args.overwrite,
+                 inputs=[*outdir.dataset_inputs(args.data, args.data_root), Path(args.distilled), Path(args.teacher)])
     path = topology_report(Path(args.distilled), t, train, Path(args.out), max_classes=args.max_classes)
     print(f"report -> {path}")
     return 0

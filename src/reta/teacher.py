@@ -1,23 +1,27 @@
 """squeeze: train (or import) a teacher, and load it back with its identity checked.
 
 A teacher folder holds `weights.safetensors` and `meta.json` (arch, dataset identity, test
-top-1, recipe, data hash, held-out split). User checkpoints are read with safetensors or
+top-1, recipe, data hash, held-out split), and `checkpoint.safetensors` while a squeeze is
+unfinished. User checkpoints are read with safetensors or
 `torch.load(weights_only=True)`: no arbitrary unpickling.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from reta import io
+from reta import io, outdir
 from reta.config import SqueezeConfig
 from reta.data.augment import apply_flips, random_crop_pad, random_flips
 from reta.data.dataset import DatasetInfo, ImageSet, split_holdout
@@ -27,6 +31,7 @@ from reta.runtime import accuracy, autocast, autocast_dtype, seed_everything
 
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
+CHECKPOINT = "checkpoint.safetensors"  # the state after the last finished epoch, while a squeeze is unfinished
 
 
 @dataclass
@@ -127,16 +132,28 @@ def cosine_lr(base: float, step: int, total: int, stretch: float = 1.0) -> float
 
 
 def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, dev: torch.device,
-            init_weights: Path | None = None, progress: bool = True) -> Teacher:
-    """Train a teacher on the training split minus the held-out part; evaluate on test; save."""
+            init_weights: Path | None = None, progress: bool = True, inputs: Sequence[Path] = (),
+            overwrite: bool = False) -> Teacher:
+    """Train a teacher on the training split minus the held-out part; evaluate on test; save.
+
+    `out_dir` is claimed (reta.outdir, kind "teacher") only after the architecture and the
+    initial weights have loaded, and never when it is, or lies inside, one of `inputs`. After
+    every epoch the training state is checkpointed, so an interrupted run with the same recipe,
+    data and initial weights continues from its last finished epoch with the same result.
+    """
     from tqdm import tqdm
 
     info = train.info
+    out_dir = Path(out_dir)
     fit, held = split_holdout(train, cfg.holdout_fraction, cfg.seed)
     gen = seed_everything(cfg.seed)
     model = create_model(cfg.arch, info.num_classes, info.image_size).to(dev)
     if init_weights is not None:
         load_weights(model, read_state_dict(Path(init_weights)), str(init_weights))
+    data_hash = train.content_hash()
+    run_record = {"recipe": dataclasses.asdict(cfg), "data_hash": data_hash,
+                  "init_weights_sha256": io.sha256_file(init_weights) if init_weights is not None else None}
+    outdir.claim(out_dir, "teacher", inputs=inputs, overwrite=overwrite, run_record=run_record)
     dtype = autocast_dtype(cfg.precision, dev)
     steps_per_epoch = max(1, len(fit) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -146,11 +163,12 @@ def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, 
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    t0 = time.time()
-    step = 0
-    bar = tqdm(total=total, desc=f"squeeze {cfg.arch}", unit="step", disable=total == 0 or not progress)
-    history = []
-    for epoch in range(cfg.epochs):
+    run_key = io.sha256_json(run_record)
+    start, history, earlier = _resume(out_dir / CHECKPOINT, run_key, model, opt, gen, dev)
+    t0 = time.time() - earlier
+    step = start * steps_per_epoch
+    bar = tqdm(total=total, initial=step, desc=f"squeeze {cfg.arch}", unit="step", disable=total == 0 or not progress)
+    for epoch in range(start, cfg.epochs):
         model.train()
         running = 0.0
         for images, labels in fit.batches(cfg.batch_size, generator=gen, drop_last=True):
@@ -173,13 +191,54 @@ def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, 
             bar.update(1)
         history.append(running / steps_per_epoch)
         bar.set_postfix(loss=f"{history[-1]:.3f}")
+        if epoch + 1 < cfg.epochs:  # after the last epoch the teacher itself is saved
+            _save_checkpoint(out_dir / CHECKPOINT, run_key, model, opt, gen, epoch + 1, history, time.time() - t0)
     bar.close()
     model.eval()
     test_top1 = accuracy(model, test, info, dev, dtype=dtype)
     held_top1 = accuracy(model, held, info, dev, dtype=dtype) if len(held) else None
     meta = {"test_top1": test_top1, "holdout_top1": held_top1, "recipe": dataclasses.asdict(cfg),
-            "data_hash": train.content_hash(), "data_source": train.source,
+            "data_hash": data_hash, "data_source": train.source,
             "holdout": {"fraction": cfg.holdout_fraction, "seed": cfg.seed, "size": len(held)},
-            "epoch_loss": history, "seconds": time.time() - t0, "init_weights": str(init_weights) if init_weights else None}
+            "epoch_loss": history, "seconds": time.time() - t0, "init_weights": str(init_weights) if init_weights else None,
+            "resumed_from_epoch": start}
     save_teacher(model, cfg.arch, info, out_dir, meta)
+    outdir.remove_owned(out_dir, "teacher", [CHECKPOINT])
     return load_teacher(out_dir, dev=dev)
+
+
+def _save_checkpoint(path: Path, run_key: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     epochs_done: int, history: list[float], seconds: float) -> None:
+    """Everything the next epoch depends on: weights and BN statistics, momentum, both RNG states."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for i, p in enumerate(p for group in opt.param_groups for p in group["params"]):
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"momentum.{i}"] = buf.detach().cpu().contiguous()
+    tensors["rng.generator"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"run": run_key, "epochs_done": str(epochs_done), "history": json.dumps(history), "seconds": repr(seconds)}
+    with io.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _resume(path: Path, run_key: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+            dev: torch.device) -> tuple[int, list[float], float]:
+    """(epochs done, loss history, seconds spent) from a checkpoint of this run; (0, [], 0) without one."""
+    if not path.is_file():
+        return 0, [], 0.0
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a file cut short
+        raise RetaError(f"{path}: damaged checkpoint ({exc}); rerun with --overwrite to restart from epoch 0") from None
+    if meta.get("run") != run_key:
+        raise RetaError(f"{path}: checkpoint of another squeeze run; rerun with --overwrite to restart from epoch 0")
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(p for group in opt.param_groups for p in group["params"]):
+        if f"momentum.{i}" in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(dev)
+    gen.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["epochs_done"]), json.loads(meta["history"]), float(meta["seconds"])

@@ -42,7 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from reta import io
+from reta import io, outdir
 from reta.config import RelabelConfig
 from reta.data.augment import apply_cutmix, apply_flips, crop_resize, random_flips, rrc_boxes, sample_cutmix
 from reta.data.dataset import DatasetInfo, ImageSet
@@ -231,7 +231,9 @@ def label_epochs(images: ImageSet, labellers: Sequence[nn.Module], info: Dataset
 
 def check_relabel_config(cfg: RelabelConfig, images: ImageSet, teachers: Sequence[nn.Module],
                          teacher_ids: Sequence[dict] | None) -> None:
-    """Raise RetaError for settings that cannot produce a store (teacher_mode is checked on use)."""
+    """Raise RetaError for settings that cannot produce a store, before anything is written."""
+    if cfg.teacher_mode not in TEACHER_MODES:
+        raise RetaError(f"relabel teacher_mode={cfg.teacher_mode!r}: use eval (SRe2L) or train (FADRM batch-specific labels)")
     for key in ("epochs", "batch_size", "shard_epochs"):
         if getattr(cfg, key) < 1:
             raise RetaError(f"relabel {key}={getattr(cfg, key)}: must be at least 1")
@@ -245,40 +247,23 @@ def check_relabel_config(cfg: RelabelConfig, images: ImageSet, teachers: Sequenc
         raise RetaError(f"relabel: {len(teacher_ids)} teacher ids for {len(teachers)} teachers; give one per teacher")
 
 
-def claim_out_dir(out_dir: Path) -> None:
-    """Create out_dir, refusing one that holds another artifact; drop an earlier store's manifest.
-
-    The old manifest must not vouch for shards this run is about to replace; a distilled set or
-    teacher folder (same manifest name, other format) is never touched.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / MANIFEST
-    if path.is_file():
-        if io.read_json(path).get("format") != FORMAT:
-            raise RetaError(f"{out_dir}: holds another artifact ({MANIFEST} is not a label store's); "
-                            f"write the labels to their own --out folder")
-        path.unlink()
-
-
 def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg: RelabelConfig, out_dir: Path,
             dev: torch.device, progress: bool = True, teacher_ids: Sequence[dict] | None = None,
-            rank: int = 0, world: int = 1, barrier=None) -> Path:
+            rank: int = 0, world: int = 1, barrier=None, inputs: Sequence[Path] = (), overwrite: bool = False) -> Path:
     """Write a soft-label store for `images` (uint8 (N,3,S,S), labels unused) to `out_dir`; returns out_dir.
 
     `teachers` must already sit on `dev`. `teacher_ids` (optional, one dict per teacher, e.g.
     {"path": ..., "arch": ...}) is recorded in the manifest beside each teacher's state-dict hash.
-    Shards left by an interrupted run with the same identity (images, teachers, seed, batch size,
-    augmentation) are kept, not recomputed. Under torchrun shard i is computed by rank i % world;
+    `out_dir` is claimed (reta.outdir, kind "labels") after every check and never inside one of
+    `inputs`; shards left by an interrupted run with the same identity (images, teachers, seed,
+    batch size, augmentation) are kept, not recomputed, and one with another identity is refused
+    unless `overwrite`. Under torchrun shard i is computed by rank i % world;
     every epoch's draws depend only on (seed, epoch), so the files do not depend on the world size.
     Rank 0 writes the manifest after all ranks are done.
     """
     check_relabel_config(cfg, images, teachers, teacher_ids)
     info.check_compatible(images.info, "dataset", f"image set {images.source}")
     out_dir = Path(out_dir)
-    if rank == 0:
-        claim_out_dir(out_dir)
-    if barrier:
-        barrier()
     t0 = time.time()
     n, bs = len(images), cfg.batch_size
     teacher_json = [{"sha256": module_hash(t), **(dict(teacher_ids[i]) if teacher_ids else {})}
@@ -293,10 +278,15 @@ def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg:
         print(f"relabel: {n} images x {info.num_classes} classes x {cfg.epochs} epochs x 2 B = "
               f"{logit_bytes / 2**20:.1f} MiB of fp16 logits ({total_bytes / 2**20:.1f} MiB with crop/flip/CutMix "
               f"parameters) in {math.ceil(cfg.epochs / cfg.shard_epochs)} shard(s) under {out_dir}", file=sys.stderr)
-    free = shutil.disk_usage(out_dir).free
+    existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
     if total_bytes > free:
         raise RetaError(f"relabel: the store needs about {total_bytes / 2**30:.2f} GiB but {out_dir} has "
                         f"{free / 2**30:.2f} GiB free; lower --set epochs or write to another --out")
+    if rank == 0:
+        outdir.claim(out_dir, "labels", inputs=inputs, overwrite=overwrite, run_record=identity)
+    if barrier:
+        barrier()
     shards = []
     nb = math.ceil(n / bs)
     ranges = shard_ranges(cfg.epochs, cfg.shard_epochs)
