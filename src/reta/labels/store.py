@@ -274,10 +274,6 @@ def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg:
                 "cutmix_beta": cfg.cutmix_beta, "cutmix_prob": cfg.cutmix_prob, "view_size": info.image_size}
     fingerprint = io.sha256_json(identity)
     logit_bytes, total_bytes = estimate_bytes(n, info.num_classes, bs, cfg.epochs)
-    if rank == 0:
-        print(f"relabel: {n} images x {info.num_classes} classes x {cfg.epochs} epochs x 2 B = "
-              f"{logit_bytes / 2**20:.1f} MiB of fp16 logits ({total_bytes / 2**20:.1f} MiB with crop/flip/CutMix "
-              f"parameters) in {math.ceil(cfg.epochs / cfg.shard_epochs)} shard(s) under {out_dir}", file=sys.stderr)
     existing = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if total_bytes > free:
@@ -285,6 +281,9 @@ def relabel(images: ImageSet, teachers: list[nn.Module], info: DatasetInfo, cfg:
                         f"{free / 2**30:.2f} GiB free; lower --set epochs or write to another --out")
     if rank == 0:
         outdir.claim(out_dir, "labels", inputs=inputs, overwrite=overwrite, run_record=identity)
+        print(f"relabel: {n} images x {info.num_classes} classes x {cfg.epochs} epochs x 2 B = "
+              f"{logit_bytes / 2**20:.1f} MiB of fp16 logits ({total_bytes / 2**20:.1f} MiB with crop/flip/CutMix "
+              f"parameters) in {math.ceil(cfg.epochs / cfg.shard_epochs)} shard(s) under {out_dir}", file=sys.stderr)
     if barrier:
         barrier()
     shards = []
