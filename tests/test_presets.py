@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reta import io
-from reta.bench import PRESETS, TIERS, write_benchmarks_md
+from reta.bench import TIERS, presets, tier_settings, write_benchmarks_md
 from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, build
 from reta.recover import METHODS, preset
 
@@ -25,12 +25,12 @@ def test_paper_presets_parse(path):
 
 
 def test_bench_tiers_build_valid_configs():
-    for tier in TIERS.values():
+    for tier in map(tier_settings, TIERS):
         build(SqueezeConfig, base=tier["teacher"])
         build(EvalProtocol, base=tier["protocol"])
         for method in METHODS.names():
             build(RecoverConfig, base={**preset(method), **tier["recover"]})
-    assert {"imagenette32-ipc10", "cifar10-ipc10", "imagenette32-ipc50", "cifar10-ipc50"} <= set(PRESETS)
+    assert {"imagenette32-ipc10", "cifar10-ipc10", "imagenette32-ipc50", "cifar10-ipc50"} <= set(presets())
 
 
 def _fake_result(acc_fadrm: float) -> dict:

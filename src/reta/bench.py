@@ -1,12 +1,19 @@
 """`reta bench PRESET --tier quick|full`: every method under one protocol, published as BENCHMARKS.md.
 
-For one dataset and IPC: one teacher (trained once, cached by data + recipe), then every method
-in METHODS with the same teacher, IPC, budget and student protocol; each distilled set is
-evaluated with online soft labels (the method's own protocol) and with hard labels (for HLR),
-over several student seeds, on the test split. Hyperparameters are the method reference's
-defaults, scaled to the tier's budget; nothing is chosen on the test split. Raw results go to
-benchmarks/results/<preset>-<tier>.json, and BENCHMARKS.md's tables are regenerated from all
-result files there.
+For one dataset and IPC (configs/bench/presets.yaml) and one tier of budgets
+(configs/bench/<tier>.yaml): one teacher (trained once, cached by data + recipe), then every
+method variant, distilled once per synthesis seed (recover `seed` 0..N-1) with the same teacher,
+IPC and budget. Each distilled set is scored by every student with the tier's student seeds and
+online soft labels (the method's own protocol); the first student also trains with hard labels
+(for HLR). Nothing is chosen on the test split; `--split holdout` scores on the teacher's
+held-out training images instead, for choosing defaults.
+
+Everything is written under --out: a row JSON per (variant, synthesis seed, student) in
+OUT/rows/ as soon as it is finished, the aggregated OUT/<preset>-<tier>.json and OUT/report.md.
+A rerun reuses finished rows from OUT/rows/ and from ./benchmarks/results/<preset>-<tier>/
+(committed rows, so a bench interrupted on one machine resumes on another) when their inputs
+match. `--publish` copies the results JSON and rows into ./benchmarks/results/ and regenerates
+the generated block of ./BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -18,146 +25,241 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from reta import io
-from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, build
+from reta import io, pipeline
+from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, build, load_yaml
 from reta.data import load_dataset
-from reta.distilled import read_distilled
 from reta.errors import RetaError
-from reta.evaluate import evaluate, hlr, ior, lrs
-from reta.recover import distill, preset
-from reta.retrieval.pool import default_cache_dir
+from reta.evaluate.train import mean_std
+from reta.models import create_model
+from reta.recover import METHODS, preset
+from reta.reports import results_table
 from reta.runtime import device
-from reta.teacher import load_teacher, squeeze
 
-METHODS = ["random", "rded", "sre2l", "fadrm", "drc", "pta", "reta"]
-REPO = Path(__file__).resolve().parents[2]
-
-PRESETS = {
-    "imagenette32-ipc10": {"data": "imagenette", "ipc": 10},
-    "imagenette32-ipc50": {"data": "imagenette", "ipc": 50},
-    "cifar10-ipc10": {"data": "cifar10", "ipc": 10},
-    "cifar10-ipc50": {"data": "cifar10", "ipc": 50},
-}
-
-# What fits this 2-core CPU: ConvNet-3 (width 128, BatchNorm) teacher and student at 32 px with
-# bf16 autocast + channels_last (measured 1.46x faster than fp32 for recover steps here).
-# Fidelity cost vs the paper's protocol (ResNet-18, 2000 recover steps, 300-1000 student
-# epochs): budgets are 4x-20x smaller, so absolute accuracies are lower.
-TIERS = {
-    "quick": {
-        "teacher": {"arch": "convnet3-w32", "epochs": 4, "batch_size": 128, "lr": 0.05},
-        "recover": {"iterations": 40, "rded_candidates": 60},
-        "protocol": {"student": "convnet3-w32", "epochs": 15, "batch_size": 20, "lr": 2e-3, "eta": 1.0,
-                     "temperature": 4.0, "seeds": 2, "eval_every": 5},
-    },
-    "full": {
-        "teacher": {"arch": "convnet3", "epochs": 15, "batch_size": 128, "lr": 0.05},
-        "recover": {"iterations": 300},
-        "protocol": {"student": "convnet3", "epochs": 60, "batch_size": 20, "lr": 1e-3, "eta": 1.0,
-                     "temperature": 4.0, "seeds": 3, "eval_every": 20},
-    },
-}
+TIERS = ("quick", "full")
+FORMAT = "reta-bench/2"
+REFERENCE, BASELINE = "fadrm", "random"
 
 
-def default_data_root() -> str | None:
-    shared = REPO.parent / "shared" / "datasets"
-    return os.environ.get("RETA_DATA_ROOT") or (str(shared) if shared.is_dir() else None)
+def presets() -> dict[str, dict]:
+    return load_yaml(pipeline.configs_dir() / "bench" / "presets.yaml")
 
 
-def cached_teacher(train, test, recipe: dict, dev, progress: bool):
-    cfg = build(SqueezeConfig, base=recipe)
-    key = io.sha256_json({"data": train.content_hash(), "recipe": dataclasses.asdict(cfg)})[:16]
-    folder = default_cache_dir() / "teachers" / key
-    if (folder / "meta.json").is_file():
-        return load_teacher(folder, expect=train.info, dev=dev)
-    print(f"[bench] squeeze {cfg.arch} for {cfg.epochs} epochs (cached at {folder})", flush=True)
-    return squeeze(train, test, cfg, folder, dev, progress=progress)
+def tier_settings(name: str) -> dict[str, dict]:
+    if name not in TIERS:
+        raise RetaError(f"unknown tier {name!r}; choose one of {', '.join(TIERS)}")
+    settings = load_yaml(pipeline.configs_dir() / "bench" / f"{name}.yaml")
+    missing = {"teacher", "recover", "protocol"} - set(settings)
+    if missing:
+        raise RetaError(f"configs/bench/{name}.yaml: missing section(s) {', '.join(sorted(missing))}")
+    return settings
 
 
-def run_bench(preset_name: str, tier: str, out: Path | None, data_root: str | None,
-              methods: list[str] | None = None, progress: bool = True) -> dict:
-    if preset_name not in PRESETS:
-        raise RetaError(f"unknown bench preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-    spec, settings = PRESETS[preset_name], TIERS[tier]
-    methods = methods or METHODS
-    out = out or REPO / "benchmarks" / "runs" / f"{preset_name}-{tier}"
-    out.mkdir(parents=True, exist_ok=True)
+def parse_variant(label: str) -> tuple[str, list[str]]:
+    """`reta+pta.weight=0.005+drc.distinct=true` -> ("reta", ["pta.weight=0.005", "drc.distinct=true"])."""
+    method, *sets = label.split("+")
+    METHODS.get(method)  # an unknown method fails here, before anything trains
+    return method, sets
+
+
+def results_name(preset_name: str, tier: str, split: str) -> str:
+    return f"{preset_name}-{tier}" + ("" if split == "test" else f"-{split}")
+
+
+def row_file(variant: str, synthesis_seed: int, student: str) -> str:
+    return f"{variant}__seed{synthesis_seed}__{student}.json"
+
+
+def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: str | None = None,
+              methods: list[str] | None = None, synthesis_seeds: int = 1, students: list[str] | None = None,
+              split: str = "test", publish: bool = False, progress: bool = True) -> dict:
+    table = presets()
+    if preset_name not in table:
+        raise RetaError(f"unknown bench preset {preset_name!r}; choose one of {', '.join(table)}")
+    if synthesis_seeds < 1:
+        raise RetaError(f"--synthesis-seeds {synthesis_seeds}: must be at least 1")
+    spec, settings = table[preset_name], tier_settings(tier)
+    name = results_name(preset_name, tier, split)
+    out = Path(out) if out is not None else Path.cwd() / "reta-bench" / name
+    committed = Path.cwd() / "benchmarks" / "results" / name
+    methods = methods or METHODS.names()
+    variants = {label: parse_variant(label) for label in methods}
+    recipe = build(SqueezeConfig, base=settings["teacher"])
+    students = students or [settings["protocol"]["student"]]
+    soft = {s: build(EvalProtocol, base={**settings["protocol"], "student": s, "labels": "online"}) for s in students}
+    hard = build(EvalProtocol, base={**settings["protocol"], "student": students[0], "labels": "hard"})
+    configs = {(label, seed): build(RecoverConfig, sets=sets,
+                                    base={**preset(method), "ipc": spec["ipc"], **settings["recover"], "seed": seed})
+               for label, (method, sets) in variants.items() for seed in range(synthesis_seeds)}
+
     dev = device()
     t_start = time.time()
-    train, test = load_dataset(spec["data"], data_root or default_data_root())
-    teacher = cached_teacher(train, test, settings["teacher"], dev, progress)
-    soft = build(EvalProtocol, base={**settings["protocol"], "labels": "online"})
-    hard = build(EvalProtocol, base={**settings["protocol"], "labels": "hard"})
-    print(f"[bench] {preset_name} ({tier}): teacher {teacher.arch} test top-1 {100 * teacher.meta['test_top1']:.1f}%", flush=True)
+    train, test = load_dataset(spec["data"], data_root or pipeline.default_data_root())
+    for s in students:  # an unknown student architecture fails before the teacher trains
+        create_model(s, train.info.num_classes, train.info.image_size)
+    teacher = pipeline.cached_teacher(train, test, recipe, dev, progress)
+    if any(method == BASELINE for method, _ in variants.values()):
+        pipeline.check_real_subset(train, teacher, spec["ipc"])
+    scored_on = pipeline.score_split(train, test, teacher, split)
+    key = pipeline.teacher_key(train, recipe)
+    print(f"[bench] {name}: teacher {teacher.arch} test top-1 {100 * teacher.meta['test_top1']:.1f}%; "
+          f"{len(variants)} variants x {synthesis_seeds} synthesis seeds x {len(students)} students, "
+          f"scored on {split} ({len(scored_on)} images)", flush=True)
     rows = []
-    for method in methods:
-        run_dir = out / method
-        base_method, *overrides = method.split("+")  # e.g. "reta+pta.weight=0.005": a labelled variant
-        cfg = build(RecoverConfig, base={**preset(base_method), "ipc": spec["ipc"], **settings["recover"]},
-                    sets=overrides)
-        t0 = time.time()
-        if not (run_dir / "distilled" / "manifest.json").is_file():
-            print(f"[bench] distill {method}", flush=True)
-            distill(train, [teacher], cfg, run_dir / "distilled", dev, progress=progress)
-        syn, manifest = read_distilled(run_dir / "distilled", expect=train.info)
-        rows.append(_evaluate_method(method, syn, manifest, test, train.info, soft, hard, teacher, dev, run_dir,
-                                     time.time() - t0, progress))
-        r = rows[-1]
-        print(f"[bench] {method}: {100 * r['soft']['top1_final_mean']:.2f} ± {100 * r['soft']['top1_final_std']:.2f} "
-              f"(hard {100 * r['hard']['top1_final_mean']:.2f})", flush=True)
-    _add_relative_metrics(rows, teacher)
+    for (label, seed), cfg in configs.items():
+        run_dir = out / label / f"seed{seed}"
+        loaded = None  # the distilled set, read only when some student's row is missing
+        for i, student in enumerate(students):
+            identity = {"variant": label, "method": variants[label][0], "synthesis_seed": seed, "student": student,
+                        "split": split, "teacher_key": key, "recover": dataclasses.asdict(cfg),
+                        "protocol": dataclasses.asdict(soft[student]),
+                        "protocol_hard": dataclasses.asdict(hard) if i == 0 else None}
+            row_key = io.sha256_json(identity)[:16]
+            fname = row_file(label, seed, student)
+            row = _finished_row([out / "rows" / fname, committed / fname], row_key)
+            if row is None:
+                if loaded is None:
+                    loaded = pipeline.distilled(train, [teacher], cfg, run_dir / "distilled", dev, progress)
+                row = _score_row(identity, row_key, loaded, scored_on, soft[student], hard if i == 0 else None,
+                                 teacher, dev, run_dir, progress)
+            io.write_json(out / "rows" / fname, row)
+            rows.append(row)
+            s = row["soft"]
+            print(f"[bench] {label} seed {seed} {student}: {100 * s['top1_final_mean']:.2f} ± "
+                  f"{100 * s['top1_final_std']:.2f}" + (f" (hard {100 * row['hard']['top1_final_mean']:.2f})"
+                                                        if row["hard"] else ""), flush=True)
+    aggregated = aggregate(rows, float(teacher.meta["test_top1"]))
+    first = soft[students[0]]
     result = {
-        "preset": preset_name, "tier": tier, "data": spec["data"], "ipc": spec["ipc"],
-        "teacher": {"arch": teacher.arch, "test_top1": teacher.meta["test_top1"], "recipe": teacher.meta["recipe"]},
-        "recover": settings["recover"], "protocol_soft": dataclasses.asdict(soft), "protocol_hard": dataclasses.asdict(hard),
-        "methods": rows, "seconds": time.time() - t_start, "machine": machine(), "versions": io.versions(),
-        "date": datetime.date.today().isoformat(),
-        "command": f"reta bench {preset_name} --tier {tier}",
+        "format": FORMAT, "preset": preset_name, "tier": tier, "split": split, "data": spec["data"], "ipc": spec["ipc"],
+        "teacher": {"arch": teacher.arch, "test_top1": teacher.meta["test_top1"], "recipe": teacher.meta["recipe"],
+                    "key": key},
+        "recover": settings["recover"], "protocol_soft": dataclasses.asdict(first),
+        "protocol_hard": dataclasses.asdict(hard), "students": students,
+        "synthesis_seeds": list(range(synthesis_seeds)), "student_seeds": list(range(first.seeds)),
+        "methods": aggregated, "compute_seconds": _compute_seconds(rows), "seconds": time.time() - t_start,
+        "machine": machine(), "versions": io.versions(), "date": datetime.date.today().isoformat(),
+        "command": _command(preset_name, tier, methods, synthesis_seeds, students, split),
     }
-    results_dir = REPO / "benchmarks" / "results"
-    io.write_json(results_dir / f"{preset_name}-{tier}.json", result)
-    write_benchmarks_md(results_dir, REPO / "BENCHMARKS.md")
-    print(f"[bench] done in {result['seconds'] / 60:.1f} min -> {results_dir / f'{preset_name}-{tier}.json'}", flush=True)
+    io.write_json(out / f"{name}.json", result)
+    io.write_bytes(out / "report.md", ("\n".join(section(result)) + "\n").encode())
+    print("\n" + results_table(table_rows(result)), flush=True)
+    if publish:
+        results_dir = Path.cwd() / "benchmarks" / "results"
+        io.write_json(results_dir / f"{name}.json", result)
+        for row in rows:
+            io.write_json(committed / row_file(row["variant"], row["synthesis_seed"], row["student"]), row)
+        write_benchmarks_md(results_dir, Path.cwd() / "BENCHMARKS.md")
+        print(f"[bench] published {results_dir / f'{name}.json'} and {len(rows)} rows; BENCHMARKS.md regenerated",
+              flush=True)
+    print(f"[bench] done in {result['seconds'] / 60:.1f} min -> {out}", flush=True)
     return result
 
 
-def _evaluate_method(method, syn, manifest, test, info, soft, hard, teacher, dev, run_dir, distill_seconds, progress):
-    cached = run_dir / "result.json"
-    if cached.is_file():
-        return io.read_json(cached)
-    ipc = manifest["ipc"]
-    soft_res = evaluate(syn, test, info, soft, dev, teacher.model, method=method, ipc=ipc, progress=progress)
-    hard_res = evaluate(syn, test, info, hard, dev, None, method=method, ipc=ipc, progress=progress)
-    for r in (soft_res, hard_res):
-        r.pop("runs", None)
-    n_images = len(syn)
-    row = {"method": method, "soft": soft_res, "hard": hard_res,
-           "distill_seconds": distill_seconds if manifest.get("timings") else None,
-           "seconds_per_image": manifest["timings"]["seconds_per_image"],
-           "recover_peak_memory_mb": manifest.get("peak_memory_mb"),
-           "drc_share": manifest.get("drc_share"), "pta_share": manifest.get("pta_share"),
-           "shared_anchor_fraction": manifest.get("shared_anchor_fraction"), "images": n_images}
-    io.write_json(cached, row)
-    return row
+def _finished_row(paths: list[Path], row_key: str) -> dict | None:
+    for path in paths:
+        if path.is_file():
+            row = io.read_json(path)
+            if row.get("key") == row_key:
+                return row
+    return None
 
 
-def _add_relative_metrics(rows: list[dict], teacher) -> None:
-    """Δ vs random / FADRM, and DD-Ranking HLR/IOR/LRS on fractions (method-reference §7.2)."""
-    by = {r["method"]: r for r in rows}
-    # Acc(real, hard): the teacher itself was trained on the full training split with hard labels.
-    real_hard = float(teacher.meta["test_top1"])
+def _score_row(identity: dict, row_key: str, loaded, scored_on, protocol: EvalProtocol, hard: EvalProtocol | None,
+               teacher, dev, run_dir: Path, progress: bool) -> dict:
+    syn, manifest = loaded
+    common = {"method": identity["variant"], "ipc": int(manifest["ipc"]), "progress": progress, "keep_runs": False}
+    soft = pipeline.evaluation(run_dir / f"eval-{protocol.student}-online.json", syn, scored_on, protocol, dev,
+                               teacher, **common)
+    hard_res = None
+    if hard is not None:
+        hard_res = pipeline.evaluation(run_dir / f"eval-{hard.student}-hard.json", syn, scored_on, hard, dev, None,
+                                       **common)
+    timings = manifest.get("timings", {})
+    # Per-refresh PTA gradient fidelity and per-group gradient ratios, kept as the manifest wrote them.
+    diagnostics = {k: v for k, v in manifest.items() if "cosine" in k or "grad_ratio" in k}
+    return {**identity, "key": row_key, "soft": soft, "hard": hard_res,
+            "distill_seconds": timings.get("wall_seconds"), "recover_seconds": timings.get("group_seconds"),
+            "seconds_per_image": timings.get("seconds_per_image"),
+            "recover_peak_memory_mb": manifest.get("peak_memory_mb"), "drc_share": manifest.get("drc_share"),
+            "pta_share": manifest.get("pta_share"), "shared_anchor_fraction": manifest.get("shared_anchor_fraction"),
+            "images": len(syn), "diagnostics": diagnostics}
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _summary(evals: list[dict]) -> dict:
+    finals = [x for e in evals for x in e["top1_final_per_seed"]]
+    mean, std = mean_std(finals)
+    return {"top1_final_mean": mean, "top1_final_std": std, "top1_final_per_run": finals, "runs": len(finals),
+            "top1_best_mean": _mean([x for e in evals for x in e["top1_best_per_seed"]]),
+            "std_kind": "sample std (ddof=1) over all runs (synthesis seeds x student seeds)",
+            "seconds": sum(e["seconds"] for e in evals)}
+
+
+def aggregate(rows: list[dict], teacher_top1: float) -> list[dict]:
+    """One entry per (variant, student): mean ± std over all runs, paired Δ vs FADRM, Δ vs random, HLR/IOR/LRS."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        acc = r["soft"]["top1_final_mean"]
-        if "random" in by:
-            r["delta_vs_random"] = acc - by["random"]["soft"]["top1_final_mean"]
-            r["ior"] = ior(acc, by["random"]["soft"]["top1_final_mean"])
-        if "fadrm" in by:
-            r["delta_vs_fadrm"] = acc - by["fadrm"]["soft"]["top1_final_mean"]
-        r["hlr"] = hlr(real_hard, r["hard"]["top1_final_mean"])
-        if "ior" in r:
-            r["lrs"] = lrs(r["hlr"], r["ior"])
+        groups.setdefault((r["variant"], r["student"]), []).append(r)
+    out = []
+    for (variant, student), rs in groups.items():
+        hard = [r["hard"] for r in rs if r["hard"]]
+        out.append({
+            "method": variant, "student": student, "synthesis_seeds": [r["synthesis_seed"] for r in rs],
+            "soft": _summary([r["soft"] for r in rs]), "hard": _summary(hard) if hard else None,
+            "top1_per_synthesis_seed": {str(r["synthesis_seed"]): float(np.mean(r["soft"]["top1_final_per_seed"]))
+                                        for r in rs},
+            "distill_seconds": _mean([r["distill_seconds"] for r in rs]),
+            "recover_seconds": _mean([r["recover_seconds"] for r in rs]),
+            "seconds_per_image": _mean([r["seconds_per_image"] for r in rs]),
+            "recover_peak_memory_mb": _mean([r["recover_peak_memory_mb"] for r in rs]),
+            "drc_share": _mean([r["drc_share"] for r in rs]), "pta_share": _mean([r["pta_share"] for r in rs]),
+            "shared_anchor_fraction": _mean([r["shared_anchor_fraction"] for r in rs]),
+            "diagnostics": {str(r["synthesis_seed"]): r["diagnostics"] for r in rs if r["diagnostics"]},
+        })
+    by = {(a["method"], a["student"]): a for a in out}
+    for a in out:
+        acc = a["soft"]["top1_final_mean"]
+        rand, ref = by.get((BASELINE, a["student"])), by.get((REFERENCE, a["student"]))
+        a["delta_vs_random"] = a["ior"] = a["delta_vs_fadrm"] = a["delta_vs_fadrm_std"] = a["time_vs_fadrm"] = None
+        scores = pipeline.relative_scores(acc, rand["soft"]["top1_final_mean"] if rand else None,
+                                          a["hard"]["top1_final_mean"] if a["hard"] else None, teacher_top1)
+        a.update(scores, delta_vs_random=scores["ior"])
+        if ref is not None:
+            paired = [a["top1_per_synthesis_seed"][s] - ref["top1_per_synthesis_seed"][s]
+                      for s in a["top1_per_synthesis_seed"] if s in ref["top1_per_synthesis_seed"]]
+            if paired:
+                mean, std = mean_std(paired)
+                a.update(delta_vs_fadrm=mean, delta_vs_fadrm_std=std if len(paired) > 1 else None,
+                         paired_seeds=len(paired))
+            if a["recover_seconds"] and ref["recover_seconds"]:
+                a["time_vs_fadrm"] = a["recover_seconds"] / ref["recover_seconds"]
+    return out
+
+
+def _compute_seconds(rows: list[dict]) -> float:
+    """Distillation (once per set) plus every student trained, so reruns that reuse rows report the whole."""
+    sets = {(r["variant"], r["synthesis_seed"]): r["distill_seconds"] or 0.0 for r in rows}
+    return sum(sets.values()) + sum(r["soft"]["seconds"] + (r["hard"]["seconds"] if r["hard"] else 0.0) for r in rows)
+
+
+def _command(preset_name, tier, methods, synthesis_seeds, students, split) -> str:
+    parts = [f"reta bench {preset_name} --tier {tier}"]
+    if methods != METHODS.names():
+        parts.append(f"--methods {','.join(methods)}")
+    if synthesis_seeds != 1:
+        parts.append(f"--synthesis-seeds {synthesis_seeds}")
+    if len(students) > 1:
+        parts.append(f"--students {','.join(students)}")
+    if split != "test":
+        parts.append(f"--split {split}")
+    return " ".join(parts)
 
 
 def machine() -> dict:
@@ -170,57 +272,63 @@ def machine() -> dict:
             "device": str(device())}
 
 
-def _fmt(v, scale=100.0, digits=2, signed=False):
-    if v is None:
-        return "–"
-    return f"{scale * v:+.{digits}f}" if signed else f"{scale * v:.{digits}f}"
-
-
-def benchmark_table(result: dict) -> str:
-    lines = [
-        "| method | top-1 final, soft labels (mean ± std) | Δ vs random | Δ vs FADRM | top-1 final, hard labels | "
-        "HLR | IOR | LRS | best-epoch (test-selected) | s / image | peak RSS MB | DRC / PTA share of recover |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def table_rows(result: dict) -> list[dict]:
+    """Rows for the shared table renderer; also reads the first-format results (one student, one synthesis seed)."""
+    default_student = result["protocol_soft"]["student"]
+    rows = []
     for r in result["methods"]:
-        s, h = r["soft"], r["hard"]
-        share = "–"
-        if r.get("drc_share") or r.get("pta_share"):
-            share = f"{_fmt(r.get('drc_share'), digits=1)}% / {_fmt(r.get('pta_share'), digits=1)}%"
-        lines.append(
-            f"| {r['method']} | **{_fmt(s['top1_final_mean'])} ± {_fmt(s['top1_final_std'])}** | "
-            f"{_fmt(r.get('delta_vs_random'), signed=True)} | {_fmt(r.get('delta_vs_fadrm'), signed=True)} | "
-            f"{_fmt(h['top1_final_mean'])} ± {_fmt(h['top1_final_std'])} | {_fmt(r.get('hlr'))} | {_fmt(r.get('ior'), signed=True)} | "
-            f"{_fmt(r.get('lrs'))} | {_fmt(s['top1_best_mean'])} | {r['seconds_per_image']:.3f} | "
-            f"{r['recover_peak_memory_mb'] or 0:.0f} | {share} |")
-    return "\n".join(lines)
+        s, h = r["soft"], r.get("hard")
+        rows.append({
+            "method": r["method"], "student": r.get("student", default_student),
+            "top1": (s["top1_final_mean"], s["top1_final_std"]), "delta_random": r.get("delta_vs_random"),
+            "delta_fadrm": r.get("delta_vs_fadrm"), "delta_fadrm_std": r.get("delta_vs_fadrm_std"),
+            "hard": (h["top1_final_mean"], h["top1_final_std"]) if h else None,
+            "hlr": r.get("hlr"), "ior": r.get("ior"), "lrs": r.get("lrs"), "best": s.get("top1_best_mean"),
+            "s_per_image": r.get("seconds_per_image"), "shared_anchor": r.get("shared_anchor_fraction"),
+            "drc_share": r.get("drc_share"), "pta_share": r.get("pta_share"), "time_vs_fadrm": r.get("time_vs_fadrm"),
+        })
+    return rows
+
+
+def section(result: dict) -> list[str]:
+    """One preset's Markdown section: provenance, protocol, the table."""
+    p, rec = result["protocol_soft"], result["recover"]
+    compute = result.get("compute_seconds")
+    if compute is None:  # first-format results: per-method work summed the same way
+        compute = sum((m.get("distill_seconds") or 0.0) + m["soft"].get("seconds", 0.0) + m["hard"].get("seconds", 0.0)
+                      for m in result["methods"])
+    split = result.get("split", "test")
+    students = result.get("students", [p["student"]])
+    seeds = result.get("synthesis_seeds", [0])
+    split_text = ("the test split" if split == "test"
+                  else "the teacher's held-out training images (for choosing defaults; not a test result)")
+    return [
+        f"### {result['preset']} — {result['tier']} tier" + ("" if split == "test" else f", {split} split"), "",
+        f"`{result['command']}` · {result['date']} · {result['machine']['cpu']} ({result['machine']['cores']} cores, "
+        f"{result['machine']['device']}) · torch {result['versions']['torch']} · {compute / 60:.1f} min of distillation "
+        f"and evaluation over all rows (teacher training excluded; {result['seconds'] / 60:.1f} min for the last "
+        f"invocation)", "",
+        f"Teacher {result['teacher']['arch']} ({result['teacher']['recipe']['epochs']} epochs): test top-1 "
+        f"{100 * result['teacher']['test_top1']:.2f}% (also the HLR real-data reference). Recover: IPC {result['ipc']}, "
+        f"budget {rec.get('iterations')} steps, synthesis seeds {', '.join(map(str, seeds))}. Students "
+        f"{', '.join(students)}: {p['epochs']} epochs, batch {p['batch_size']}, AdamW lr {p['lr']}, cosine η={p['eta']}, "
+        f"KD T={p['temperature']} with online teacher labels; {p['seeds']} student seeds per synthesis seed; hard labels "
+        f"(CutMix cross-entropy, for HLR) with {students[0]} only. Top-1 in % on {split_text}, final epoch, mean ± "
+        f"sample std over all runs (synthesis seeds × student seeds); Δ vs FADRM is the mean ± std of the "
+        f"per-synthesis-seed paired differences (no std with one seed). HLR/IOR in percentage points, LRS ×100 "
+        f"computed on fractions.", "",
+        results_table(table_rows(result)), "",
+    ]
 
 
 def write_benchmarks_md(results_dir: Path, path: Path) -> None:
-    """Regenerate the generated section of BENCHMARKS.md from every results JSON (never pasted by hand)."""
-    files = sorted(results_dir.glob("*.json"))
+    """Regenerate the generated section of BENCHMARKS.md from every bench results JSON (never pasted by hand)."""
     sections = []
-    for f in files:
+    for f in sorted(Path(results_dir).glob("*.json")):
         r = io.read_json(f)
         if "protocol_soft" not in r:  # sweeps and GPU results have their own hand-written sections
             continue
-        p, rec = r["protocol_soft"], r["recover"]
-        # Sum of per-method work, so a rerun that adds a variant (reusing cached rows) reports the whole.
-        compute = sum((m.get("distill_seconds") or 0.0) + m["soft"].get("seconds", 0.0) + m["hard"].get("seconds", 0.0)
-                      for m in r["methods"])
-        sections += [
-            f"### {r['preset']} — {r['tier']} tier", "",
-            f"`{r['command']}` · {r['date']} · {r['machine']['cpu']} ({r['machine']['cores']} cores, {r['machine']['device']}) · "
-            f"torch {r['versions']['torch']} · {compute / 60:.1f} min of distillation and evaluation over all rows "
-            f"(teacher training excluded; {r['seconds'] / 60:.1f} min for the last invocation)", "",
-            f"Teacher {r['teacher']['arch']} ({r['teacher']['recipe']['epochs']} epochs): test top-1 "
-            f"{100 * r['teacher']['test_top1']:.2f}% (also the HLR real-data reference). Recover: IPC {r['ipc']}, "
-            f"budget {rec.get('iterations')} steps. Student {p['student']}, {p['epochs']} epochs, batch {p['batch_size']}, "
-            f"AdamW lr {p['lr']}, cosine η={p['eta']}, KD T={p['temperature']} with online teacher labels (soft) or "
-            f"CutMix cross-entropy (hard); {p['seeds']} seeds; accuracies in % on the test split, final epoch. "
-            f"HLR/IOR in percentage points, LRS ×100 computed on fractions.", "",
-            benchmark_table(r), "",
-        ]
+        sections += section(r)
     generated = "\n".join(sections)
     start, end = "<!-- generated: reta bench -->", "<!-- end generated -->"
     text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
@@ -229,3 +337,4 @@ def write_benchmarks_md(results_dir: Path, path: Path) -> None:
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1] if end in rest else ""
     io.write_bytes(path, f"{head}{start}\n{generated}\n{end}{tail}".encode())
+

@@ -110,12 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("bench", parents=[common], help="benchmark every method under one protocol (BENCHMARKS.md)")
-    p.add_argument("preset", help="e.g. imagenette32-ipc10, cifar10-ipc10")
-    p.add_argument("--tier", choices=["quick", "full"], default="quick")
-    p.add_argument("--out", default=None)
+    p.add_argument("preset", help="a preset of configs/bench/presets.yaml, e.g. imagenette32-ipc10, cifar10-ipc10")
+    p.add_argument("--tier", choices=["quick", "full"], default="quick", help="budgets from configs/bench/<tier>.yaml")
+    p.add_argument("--out", default=None, help="every file goes here (default ./reta-bench/<preset>-<tier>)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--methods", default=None,
                    help="comma-separated; a variant adds +key=value overrides, e.g. reta+pta.weight=0.005")
+    p.add_argument("--synthesis-seeds", type=int, default=1, metavar="N",
+                   help="distil every variant with recover seeds 0..N-1; each set is scored with every student seed")
+    p.add_argument("--students", default=None,
+                   help="comma-separated student architectures (default: the tier's); hard labels use the first only")
+    p.add_argument("--split", choices=["test", "holdout"], default="test",
+                   help="holdout: score on the teacher's held-out train images, for choosing defaults")
+    p.add_argument("--publish", action="store_true",
+                   help="copy the results JSON and rows into ./benchmarks/results/ and regenerate ./BENCHMARKS.md")
     return parser
 
 
@@ -287,7 +295,9 @@ def cmd_bench(args) -> int:
     from reta.bench import run_bench
 
     run_bench(args.preset, args.tier, Path(args.out) if args.out else None, args.data_root,
-              methods=args.methods.split(",") if args.methods else None, progress=not args.quiet)
+              methods=args.methods.split(",") if args.methods else None, synthesis_seeds=args.synthesis_seeds,
+              students=args.students.split(",") if args.students else None, split=args.split, publish=args.publish,
+              progress=not args.quiet)
     return 0
 
 

@@ -67,7 +67,8 @@ def run_demo(out: Path, methods: list[str] | None = None, progress: bool = True)
         grids.append(syn.load(list(range(0, len(syn), cfg.ipc))))  # first image of every class
         print(f"[demo] {method}: top-1 {100 * result['top1_final_mean']:.1f} ± {100 * result['top1_final_std']:.1f}%", flush=True)
     image_grid(torch.cat(grids), nrow=train.info.num_classes, path=out / "distilled_grid.png")
-    table = results_table(results)
+    table = results_table([{"method": r["method"], "top1": (r["top1_final_mean"], r["top1_final_std"]),
+                            "best": r["top1_best_mean"], "seconds": r["total_seconds"]} for r in results])
     _, held = split_holdout(train, *teacher.holdout)
     topo_line = []
     if "reta" in methods:

@@ -31,18 +31,67 @@ def image_grid(images_uint8: torch.Tensor, nrow: int, path: Path, min_cell: int 
     return path
 
 
-def results_table(results: list[dict]) -> str:
-    """Markdown table: final-epoch top-1 mean ± std first, best-epoch labelled, deltas, cost."""
-    ref = {r["method"]: r for r in results}
-    head = "| method | top-1 final (mean ± std) | Δ vs random | best-epoch (test-selected) | seconds |"
-    rows = [head, "|---|---|---|---|---|"]
-    for r in results:
-        delta = ""
-        if "random" in ref and r["method"] != "random":
-            delta = f"{100 * (r['top1_final_mean'] - ref['random']['top1_final_mean']):+.2f}"
-        rows.append(f"| {r['method']} | {100 * r['top1_final_mean']:.2f} ± {100 * r['top1_final_std']:.2f} | {delta} "
-                    f"| {100 * r['top1_best_mean']:.2f} | {r.get('total_seconds', r['seconds']):.1f} |")
-    return "\n".join(rows)
+def _pct(v, signed=False, digits=2):
+    return "–" if v is None else (f"{100 * v:+.{digits}f}" if signed else f"{100 * v:.{digits}f}")
+
+
+def _mean_std(pair, bold=False):
+    if pair is None:
+        return "–"
+    text = f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+    return f"**{text}**" if bold else text
+
+
+def _delta_paired(row):
+    if row.get("delta_fadrm") is None:
+        return "–"
+    std = row.get("delta_fadrm_std")
+    return _pct(row["delta_fadrm"], signed=True) + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _shares(row):
+    if not (row.get("drc_share") or row.get("pta_share")):
+        return "–"
+    return f"{_pct(row.get('drc_share'), digits=1)}% / {_pct(row.get('pta_share'), digits=1)}%"
+
+
+def _number(key, fmt):
+    return lambda row: "–" if row.get(key) is None else format(row[key], fmt)
+
+
+# (header, row keys that must hold a value in some row for the column to be shown, cell)
+COLUMNS = [
+    ("method", ("method",), lambda r: str(r["method"])),
+    ("student", ("student",), lambda r: str(r.get("student") or "–")),
+    ("top-1 final (mean ± std)", ("top1",), lambda r: _mean_std(r.get("top1"), bold=True)),
+    ("Δ vs random", ("delta_random",), lambda r: _pct(r.get("delta_random"), signed=True)),
+    ("Δ vs FADRM (± paired std)", ("delta_fadrm",), _delta_paired),
+    ("hard-label top-1", ("hard",), lambda r: _mean_std(r.get("hard"))),
+    ("HLR", ("hlr",), lambda r: _pct(r.get("hlr"))),
+    ("IOR", ("ior",), lambda r: _pct(r.get("ior"), signed=True)),
+    ("LRS ×100", ("lrs",), lambda r: _pct(r.get("lrs"))),
+    ("best-epoch (test-selected)", ("best",), lambda r: _pct(r.get("best"))),
+    ("s / image", ("s_per_image",), _number("s_per_image", ".3f")),
+    ("shared anchors", ("shared_anchor",), _number("shared_anchor", ".2f")),
+    ("DRC / PTA share of recover", ("drc_share", "pta_share"), _shares),
+    ("recover time / FADRM", ("time_vs_fadrm",), _number("time_vs_fadrm", ".2f")),
+    ("seconds", ("seconds",), _number("seconds", ".0f")),
+]
+
+
+def results_table(rows: list[dict]) -> str:
+    """The one results table (CLI, run/demo reports, BENCHMARKS.md), as Markdown.
+
+    Rows are dicts with any of the keys named in COLUMNS (accuracies as fractions, `top1` and
+    `hard` as (mean, std)); a column no row fills is left out, and so is `student` when every row
+    has the same one.
+    """
+    students = {r.get("student") for r in rows}
+    cols = [c for c in COLUMNS if any(r.get(k) is not None for r in rows for k in c[1])
+            and not (c[0] == "student" and len(students) < 2)]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(c[2](r) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 # -- topology report (RETA PTA/DRC diagnostics) --------------------------------------------------

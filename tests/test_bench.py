@@ -1,0 +1,119 @@
+"""reta bench: writes only under --out, resumes from its own and from committed rows, aggregates honestly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reta.bench import aggregate, run_bench, write_benchmarks_md
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "presets.yaml": "digits-ipc2: {data: digits, ipc: 2}\n",
+    "quick.yaml": ("teacher: {arch: convnet2-w8, epochs: 1, batch_size: 128, lr: 0.05}\n"
+                   "recover: {iterations: 4, rded_candidates: 8, batch_size: 20}\n"
+                   "protocol: {student: convnet2-w8, epochs: 1, batch_size: 10, lr: 0.002, eta: 1.0, "
+                   "temperature: 4.0, seeds: 2}\n"),
+}
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def tiny_bench(tmp_path, monkeypatch):
+    configs = tmp_path / "configs"
+    for name, text in TINY.items():
+        (configs / "bench").mkdir(parents=True, exist_ok=True)
+        (configs / "bench" / name).write_text(text)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("RETA_CONFIGS", str(configs))
+    monkeypatch.setenv("RETA_CACHE", str(tmp_path / "cache"))
+    return cwd
+
+
+def _no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished row was recomputed")
+
+    monkeypatch.setattr("reta.pipeline.evaluate", refuse)
+    monkeypatch.setattr("reta.pipeline.distill", refuse)
+
+
+@pytest.mark.slow
+def test_bench_writes_under_out_only_and_resumes_across_machines(tiny_bench, tmp_path, monkeypatch):
+    repo_files, bench_md = _tree(REPO / "benchmarks"), (REPO / "BENCHMARKS.md").read_bytes()
+    kwargs = dict(methods=["random", "fadrm"], synthesis_seeds=2, students=["convnet2-w8", "convnet2-w8-in"],
+                  progress=False)
+    out = tmp_path / "out"
+    result = run_bench("digits-ipc2", "quick", out, **kwargs)
+
+    assert not _tree(tiny_bench)  # nothing in the working directory
+    assert _tree(REPO / "benchmarks") == repo_files and (REPO / "BENCHMARKS.md").read_bytes() == bench_md
+    rows = sorted((out / "rows").glob("*.json"))
+    assert len(rows) == 2 * 2 * 2 and (out / "digits-ipc2-quick.json").is_file() and (out / "report.md").is_file()
+    assert result["synthesis_seeds"] == [0, 1] and result["students"] == ["convnet2-w8", "convnet2-w8-in"]
+    by = {(m["method"], m["student"]): m for m in result["methods"]}
+    assert by[("fadrm", "convnet2-w8")]["soft"]["runs"] == 4  # 2 synthesis seeds x 2 student seeds
+    assert by[("fadrm", "convnet2-w8")]["hard"] is not None and by[("fadrm", "convnet2-w8-in")]["hard"] is None
+    assert by[("random", "convnet2-w8-in")]["hlr"] is None and by[("random", "convnet2-w8")]["hlr"] is not None
+    assert by[("random", "convnet2-w8")]["delta_vs_fadrm_std"] is not None
+    # The random rows are `--method random` with the synthesis seed: two seeds, two subsets.
+    seed0 = sorted(p.read_bytes() for p in (out / "random" / "seed0" / "distilled" / "images").rglob("*.png"))
+    seed1 = sorted(p.read_bytes() for p in (out / "random" / "seed1" / "distilled" / "images").rglob("*.png"))
+    assert seed0 != seed1
+
+    _no_training(monkeypatch)
+    again = run_bench("digits-ipc2", "quick", out, **kwargs)
+    assert again["methods"] == result["methods"]
+
+    run_bench("digits-ipc2", "quick", out, publish=True, **kwargs)
+    committed = tiny_bench / "benchmarks" / "results" / "digits-ipc2-quick"
+    assert len(list(committed.glob("*.json"))) == 8 and (tiny_bench / "BENCHMARKS.md").is_file()
+    assert "| fadrm | convnet2-w8-in |" in (tiny_bench / "BENCHMARKS.md").read_text()
+    # Another machine: an empty --out, the committed rows in ./benchmarks/results/ -> nothing retrains.
+    other = run_bench("digits-ipc2", "quick", tmp_path / "elsewhere", **kwargs)
+    assert other["methods"] == result["methods"]
+
+
+def _row(variant, seed, student, finals, hard=None):
+    def ev(values):
+        return {"top1_final_per_seed": values, "top1_best_per_seed": values, "seconds": 1.0}
+
+    return {"variant": variant, "synthesis_seed": seed, "student": student, "soft": ev(finals),
+            "hard": ev(hard) if hard else None, "distill_seconds": 2.0, "recover_seconds": 10.0 if variant != "random" else 0.0,
+            "seconds_per_image": 0.1, "recover_peak_memory_mb": 1.0, "drc_share": None, "pta_share": None,
+            "shared_anchor_fraction": None, "diagnostics": {}}
+
+
+def test_aggregate_pools_all_runs_and_pairs_synthesis_seeds():
+    rows = [_row("fadrm", 0, "s", [0.50, 0.52], hard=[0.4, 0.4]), _row("fadrm", 1, "s", [0.40, 0.42]),
+            _row("reta", 0, "s", [0.55, 0.57]), _row("reta", 1, "s", [0.41, 0.43]),
+            _row("random", 0, "s", [0.30, 0.30]), _row("random", 1, "s", [0.30, 0.30])]
+    by = {a["method"]: a for a in aggregate(rows, teacher_top1=0.9)}
+    reta = by["reta"]
+    assert reta["soft"]["runs"] == 4 and reta["soft"]["top1_final_mean"] == pytest.approx(0.49)
+    # Paired differences per synthesis seed: +0.05 and +0.01 -> mean 0.03, sample std 0.0283.
+    assert reta["delta_vs_fadrm"] == pytest.approx(0.03)
+    assert reta["delta_vs_fadrm_std"] == pytest.approx(0.04 / 2 ** 0.5)
+    assert reta["delta_vs_random"] == pytest.approx(0.19) and reta["ior"] == reta["delta_vs_random"]
+    assert by["fadrm"]["hlr"] == pytest.approx(0.5) and by["fadrm"]["lrs"] is not None and reta["hlr"] is None
+    assert reta["time_vs_fadrm"] == pytest.approx(1.0)
+
+
+def test_committed_results_still_render(tmp_path):
+    results = REPO / "benchmarks" / "results"
+    md = tmp_path / "BENCHMARKS.md"
+    write_benchmarks_md(results, md)
+    text = md.read_text()
+    for f in results.glob("*.json"):
+        r = json.loads(f.read_text())
+        if "protocol_soft" in r:
+            assert f"### {r['preset']} — {r['tier']} tier" in text
+            for m in r["methods"]:
+                assert f"| {m['method']} |" in text
