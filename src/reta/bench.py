@@ -12,8 +12,9 @@ Everything is written under --out: a row JSON per (variant, synthesis seed, stud
 OUT/rows/ as soon as it is finished, the aggregated OUT/<preset>-<tier>.json and OUT/report.md.
 A rerun reuses finished rows from OUT/rows/ and from ./benchmarks/results/<preset>-<tier>/
 (committed rows, so a bench interrupted on one machine resumes on another) when their inputs
-match. `--publish` copies the results JSON and rows into ./benchmarks/results/ and regenerates
-the generated block of ./BENCHMARKS.md.
+match. `--publish` also writes every row into ./benchmarks/results/<preset>-<tier>/ as soon as
+it is finished, and at the end the results JSON into ./benchmarks/results/, and regenerates the
+generated block of ./BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
                 row = _score_row(identity, row_key, loaded, scored_on, soft[student], hard if i == 0 else None,
                                  teacher, dev, run_dir, progress)
             io.write_json(out / "rows" / fname, row)
+            if publish:  # at once, so rows can be committed while a long bench is still running
+                io.write_json(committed / fname, row)
             rows.append(row)
             s = row["soft"]
             print(f"[bench] {label} seed {seed} {student}: {100 * s['top1_final_mean']:.2f} ± "
@@ -149,8 +152,6 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     if publish:
         results_dir = Path.cwd() / "benchmarks" / "results"
         io.write_json(results_dir / f"{name}.json", result)
-        for row in rows:
-            io.write_json(committed / row_file(row["variant"], row["synthesis_seed"], row["student"]), row)
         write_benchmarks_md(results_dir, Path.cwd() / "BENCHMARKS.md")
         print(f"[bench] published {results_dir / f'{name}.json'} and {len(rows)} rows; BENCHMARKS.md regenerated",
               flush=True)
