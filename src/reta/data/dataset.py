@@ -154,7 +154,8 @@ class SubsetImageSet(ImageSet):
 
 
 def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Seeded, class-stratified indices kept out of teacher training and pools (>= 1 per class when fraction > 0)."""
+    """Seeded, class-stratified indices kept out of teacher training and pools: >= 1 per class when
+    fraction > 0, but never a class's last training image, so no class is left without real data."""
     if fraction <= 0:
         return np.zeros(0, dtype=np.int64)
     if fraction >= 1:
@@ -163,7 +164,7 @@ def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     out = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        take = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
+        take = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
         out.append(np.sort(rng.choice(idx, size=take, replace=False)))
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 

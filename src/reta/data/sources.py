@@ -8,12 +8,36 @@ SPEC is one of
   * `imagefolder:DIR` — DIR/train/<class>/* and DIR/val/<class>/* (or test/); class index =
     sorted folder names.
 Images are made square at the target size (shorter side resized, centre crop) when they are
-not already; grey and palette images are converted to RGB.
+not already.
+
+Loading is strict: anything that would silently change what a pixel or a label means is a
+one-line RetaError naming the file and the fix.
+  * Labels are integer class indices 0..C-1; float labels are accepted only when exactly
+    integral, negative ones never. Every class must have at least one training image: a gap
+    in the labels, a meta.json listing more classes than the data holds, a test label beyond
+    the training labels or an empty class folder is refused (nothing may ever be synthesised
+    for a class with no real data). A split with 0 images is refused.
+  * Image files of any depth become uint8 RGB: 16-bit samples (PIL modes I;16*, and I, as
+    16-bit PNG/PGM/TIFF are read) are scaled by 255/65535 (65535 -> 255, 32768 -> 128); float
+    images (mode F) must hold intensities in [0, 1]; an alpha channel (RGBA, LA, PA, P with
+    transparency) is composited onto white; CMYK, YCbCr, LAB, HSV, 1-bit and palette images
+    go through PIL's RGB conversion.
+  * An image over `DEFAULT_MAX_IMAGE_PIXELS` (100 megapixels, e.g. 10000x10000) is refused
+    from its header, before any pixel is decoded, as a likely decompression bomb; set
+    RETA_MAX_IMAGE_PIXELS to allow larger ones. An image whose shorter side is under
+    `MIN_IMAGE_SIDE` (8 px) is refused: upscaled, it holds nothing a model can learn from.
+  * The size of an `imagefolder:` set is --image-size when given. Otherwise it is the median
+    shorter side of the training images (read from their headers), capped at 224: one odd
+    image cannot set the size of the whole set, and an unprepared folder of mixed sizes and
+    formats works without preparation. Pass --image-size to choose it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,6 +70,10 @@ NAMED_LAYOUTS = {
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 PRELOAD_LIMIT_BYTES = 4 << 30  # folders smaller than this are decoded once into memory
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # RETA_MAX_IMAGE_PIXELS overrides; see the module docstring
+MIN_IMAGE_SIDE = 8
+MAX_DEFAULT_FOLDER_SIZE = 224  # an imagefolder's default size never exceeds the usual ImageNet crop
+DECODE_THREADS = 8
 
 
 def dataset_names() -> list[str]:
@@ -55,6 +83,8 @@ def dataset_names() -> list[str]:
 def load_dataset(spec: str, data_root: str | None = None, image_size: int | None = None,
                  download: bool = False) -> tuple[ImageSet, ImageSet]:
     """(train, test) for SPEC; both share one DatasetInfo (normalisation from the train split)."""
+    if image_size is not None and image_size < 1:
+        raise RetaError(f"--image-size {image_size}: must be a positive number of pixels")
     if spec == "digits":
         return _load_digits(image_size or DEFAULT_SIZE["digits"])
     kind, sep, rest = spec.partition(":")
@@ -109,26 +139,90 @@ def _stats_from(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple, t
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise RetaError(f"{path}: file not found (an npz dataset needs train.npz and test.npz)")
+    save_hint = "save it with np.savez(path, x=images, y=labels)"
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if "x" not in d or "y" not in d:
-                raise RetaError(f"{path}: expected arrays 'x' (N,H,W,C uint8) and 'y' (N,), found {list(d.keys())}; "
-                               f"save them with np.savez(path, x=images, y=labels)")
-            x, y = d["x"], d["y"]
-    except RetaError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - zip/format errors all mean "corrupt file"
-        raise RetaError(f"{path}: cannot read npz ({type(exc).__name__}: {exc}); the file is corrupt, rebuild it") from None
+        archive = np.load(path, allow_pickle=False)
+    except PermissionError as exc:
+        raise RetaError(f"{path}: cannot read ({exc.strerror}); check the file's permissions") from None
+    except Exception as exc:  # noqa: BLE001 - zip/format errors all mean "not an npz archive"
+        raise RetaError(f"{path}: not a readable npz archive ({type(exc).__name__}: {_first_line(exc)}); "
+                        f"the file is corrupt, rebuild it ({save_hint})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise RetaError(f"{path}: holds a single array, not an npz archive of 'x' and 'y'; {save_hint}")
+    with archive:
+        if "x" not in archive.files or "y" not in archive.files:
+            raise RetaError(f"{path}: expected arrays 'x' (N,H,W,C uint8) and 'y' (N,), found {archive.files}; {save_hint}")
+        try:
+            x, y = archive["x"], archive["y"]
+        except Exception as exc:  # noqa: BLE001 - a truncated member or a pickled (object) array
+            raise RetaError(f"{path}: cannot read its arrays ({type(exc).__name__}: {_first_line(exc)}); "
+                            f"the file is corrupt, rebuild it ({save_hint})") from None
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8:
         raise RetaError(f"{path}: 'x' must be uint8 (N,H,W,3) or (N,H,W,1), got {x.dtype} {x.shape}; store the images as uint8 HWC")
+    if len(x) == 0:
+        raise RetaError(f"{path}: holds 0 images; every split needs images of every class")
+    if 0 in x.shape[1:3]:
+        raise RetaError(f"{path}: images are {x.shape[1]}x{x.shape[2]} px; store the images as uint8 HWC")
     if y.ndim != 1 or len(y) != len(x):
         raise RetaError(f"{path}: 'y' must have shape ({len(x)},), got {y.shape}; store one label per image")
-    return x, y.astype(np.int64)
+    return x, _class_indices(y, path)
+
+
+def _class_indices(y: np.ndarray, path: Path) -> np.ndarray:
+    """int64 labels, or a RetaError: a float label is a class index only when exactly integral."""
+    fix = "labels are class indices 0..C-1, store them as integers"
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(bad):
+            raise RetaError(f"{path}: label {float(y[bad[0]]):g} (image {bad[0]}) is not a whole number; {fix}")
+    elif y.dtype.kind not in "iu":
+        raise RetaError(f"{path}: 'y' has dtype {y.dtype}; {fix}")
+    if (y < 0).any():
+        i = int(np.argmax(y < 0))
+        raise RetaError(f"{path}: label {y[i]:g} (image {i}) is negative; {fix}")
+    if (y >= 2 ** 31).any():
+        i = int(np.argmax(y >= 2 ** 31))
+        raise RetaError(f"{path}: label {y[i]:g} (image {i}) is too large for a class index; {fix}")
+    return y.astype(np.int64)
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except PermissionError as exc:
+        raise RetaError(f"{path}: cannot read ({exc.strerror}); check the file's permissions") from None
+    except UnicodeDecodeError:
+        raise RetaError(f"{path}: not UTF-8 text; save it as UTF-8 JSON, or remove it") from None
+    except json.JSONDecodeError as exc:
+        raise RetaError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file or remove it") from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, (str, int)) for c in classes):
+        raise RetaError(f"{path}: expected {{\"classes\": [name, ...]}} listing the class names in label order; "
+                        f"fix the file or remove it")
+    names = [str(c) for c in classes]
+    dup = next((c for i, c in enumerate(names) if c in names[:i]), None)
+    if dup is not None:
+        raise RetaError(f"{path}: class name {dup!r} is listed twice; each class needs its own name")
+    return meta
+
+
+def _first_class_without(labels: np.ndarray, num_classes: int) -> int | None:
+    """The smallest class index in 0..num_classes-1 that no label uses, or None."""
+    present = np.unique(labels)
+    present = present[present < num_classes]  # out-of-range labels are TensorImageSet's to refuse
+    gaps = np.flatnonzero(present != np.arange(len(present)))
+    if len(gaps):
+        return int(gaps[0])
+    return len(present) if len(present) < num_classes else None
 
 
 def _load_npz_dir(path: Path, name: str, image_size: int | None, stats) -> tuple[ImageSet, ImageSet]:
@@ -138,21 +232,34 @@ def _load_npz_dir(path: Path, name: str, image_size: int | None, stats) -> tuple
     xte, yte = _read_npz(path / "test.npz")
     meta_path = path / "meta.json"
     if meta_path.is_file():
-        from reta.io import read_json
-        meta = read_json(meta_path)
-        if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list) or not meta["classes"]:
-            raise RetaError(f"{meta_path}: expected {{\"classes\": [name, ...]}} listing the class names in label order; "
-                            f"fix the file or remove it")
+        meta = _read_meta(meta_path)
         classes = tuple(str(c) for c in meta["classes"])
-        stats = stats or KNOWN_STATS.get(meta.get("name", ""))
+        if stats is None and isinstance(meta.get("name"), str):
+            stats = KNOWN_STATS.get(meta["name"])
+        empty = _first_class_without(ytr, len(classes))
+        if empty is not None:
+            raise RetaError(f"{path / 'train.npz'}: class {empty} ({classes[empty]!r}, listed in {meta_path}) has no "
+                            f"training images{_test_note(yte, empty)}; every class needs real images: add some, "
+                            f"or remove it from meta.json and renumber the labels")
     else:
-        classes = tuple(str(c) for c in range(int(max(ytr.max(), yte.max())) + 1))
+        num_classes = int(max(ytr.max(), yte.max())) + 1
+        empty = _first_class_without(ytr, num_classes)
+        if empty is not None:
+            raise RetaError(f"{path / 'train.npz'}: no training image has label {empty}{_test_note(yte, empty)}, "
+                            f"yet the labels go up to {num_classes - 1}; every class needs real images: renumber "
+                            f"the labels 0..C-1 without gaps, or add images of class {empty}")
+        classes = tuple(str(c) for c in range(num_classes))
     train = _to_square_uint8(torch.from_numpy(xtr).permute(0, 3, 1, 2), image_size)
     test = _to_square_uint8(torch.from_numpy(xte).permute(0, 3, 1, 2), train.shape[-1])
     mean, std = stats if stats else _stats_from(train)
     info = DatasetInfo(name=name, classes=classes, image_size=train.shape[-1], mean=mean, std=std)
     return (TensorImageSet(train, ytr, info, str(path / "train.npz")),
             TensorImageSet(test, yte, info, str(path / "test.npz")))
+
+
+def _test_note(test_labels: np.ndarray, class_idx: int) -> str:
+    n = int((test_labels == class_idx).sum())
+    return f" (test.npz has {n})" if n else ""
 
 
 def _load_digits(size: int) -> tuple[ImageSet, ImageSet]:
@@ -222,36 +329,120 @@ def _list_class_folder(split_dir: Path, classes: tuple[str, ...] | None) -> tupl
         missing = sorted(set(classes) - set(found)) or sorted(set(found) - set(classes))
         raise RetaError(f"{split_dir}: class folders differ from the train split (e.g. {missing[0]!r}); "
                         f"both splits need the same class folders")
-    files, labels = [], []
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+    files, labels, empty = [], [], []
     for idx, name in enumerate(found):
         imgs = sorted(p for p in (split_dir / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not imgs:
-            raise RetaError(f"{split_dir / name}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            empty.append(name)
         files += imgs
         labels += [idx] * len(imgs)
+    if not files:
+        raise RetaError(f"{split_dir}: 0 images in its class folders (looked for {suffixes}); add the split's images")
+    if empty:
+        raise RetaError(f"{split_dir / empty[0]}: class {empty[0]!r} holds no images ({suffixes}); every class needs "
+                        f"real images: add some, or remove the class folder from every split")
     return files, np.asarray(labels, dtype=np.int64), found
 
 
-def decode_image(path: Path, size: int) -> torch.Tensor:
-    """One image file -> uint8 (3,size,size); a corrupt file is a RetaError naming it."""
-    from PIL import Image, UnidentifiedImageError
+def max_image_pixels() -> int:
+    """The decompression-bomb limit: $RETA_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
+    raw = os.environ.get("RETA_MAX_IMAGE_PIXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    limit = int(raw) if raw.isdigit() else 0
+    if limit < 1:
+        raise RetaError(f"RETA_MAX_IMAGE_PIXELS={raw!r}: expected a whole number of pixels above 0, e.g. 200000000")
+    return limit
+
+
+@contextlib.contextmanager
+def _pixel_limit():
+    """The pixel limit for the images decoded inside the block.
+
+    reta checks every image's size against it from the header; PIL's own global check would
+    still warn on stderr above its MAX_IMAGE_PIXELS (and refuse at twice that) whatever the
+    user allowed, so within the block it is raised to the limit and its warning silenced.
+    Enter it on the calling thread only: the decoding threads read these globals, never set them.
+    """
+    from PIL import Image
+
+    limit = max_image_pixels()
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if before is not None and before < limit:
+            Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield limit
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _with_image(path: Path, max_pixels: int, use):
+    """use(PIL image) for the file, checked from its header first; any failure names the file."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
             w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            if (nw, nh) != (w, h):
-                im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
+            if w * h > max_pixels:
+                raise RetaError(f"{path}: {w}x{h} image ({w * h:,} pixels) is over the {max_pixels:,}-pixel limit "
+                                f"that guards against decompression bombs; shrink it, or raise RETA_MAX_IMAGE_PIXELS "
+                                f"if the image is genuine")
+            if min(w, h) < MIN_IMAGE_SIDE:
+                raise RetaError(f"{path}: image is {w}x{h} px, under the {MIN_IMAGE_SIDE} px minimum side; "
+                                f"remove it or replace it with a larger image")
+            return use(im)
+    except RetaError:
+        raise
     except FileNotFoundError:
         raise RetaError(f"{path}: image file not found; restore it or remove its entry") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except PermissionError as exc:
+        raise RetaError(f"{path}: cannot read image ({exc.strerror}); check its permissions") from None
+    except Image.DecompressionBombError:  # PIL's check fires only far above max_pixels
+        raise RetaError(f"{path}: image is over the {max_pixels:,}-pixel limit that guards against decompression "
+                        f"bombs; shrink it, or raise RETA_MAX_IMAGE_PIXELS if the image is genuine") from None
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises while decoding this file is about this file
         raise RetaError(f"{path}: cannot decode image ({type(exc).__name__}); remove or replace the file") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _eight_bit_rgb(im, path: Path):
+    """A PIL image of any mode -> 8-bit RGB with the intensities the file means (module docstring)."""
+    from PIL import Image
+
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        wide = np.asarray(im).astype(np.int64).clip(0, 65535)
+        im = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    elif im.mode == "F":
+        values = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise RetaError(f"{path}: float image with values in [{values.min():g}, {values.max():g}]; float (mode F) "
+                            f"images are read as intensities in [0, 1]: rescale it, or save it as 8- or 16-bit")
+        im = Image.fromarray(np.round(values * 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")  # dropping alpha would show whatever colour hides under transparent pixels
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(path: Path, size: int, max_pixels: int) -> torch.Tensor:
+    """One image file -> uint8 (3,size,size); a corrupt, tiny or oversized file is a RetaError naming it.
+
+    Call it inside `_pixel_limit()`, which gives `max_pixels`."""
+    from PIL import Image
+
+    def square(im) -> np.ndarray:
+        im = _eight_bit_rgb(im, path)
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+    return torch.from_numpy(_with_image(path, max_pixels, square).copy()).permute(2, 0, 1)
 
 
 class FileImageSet(ImageSet):
@@ -267,8 +458,9 @@ class FileImageSet(ImageSet):
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) == 0:
             return torch.zeros(0, 3, self.info.image_size, self.info.image_size, dtype=torch.uint8)
-        with ThreadPoolExecutor(max_workers=min(8, len(idx))) as pool:
-            return torch.stack(list(pool.map(lambda i: decode_image(self.files[i], self.info.image_size), idx)))
+        size = self.info.image_size
+        with _pixel_limit() as limit, ThreadPoolExecutor(max_workers=min(DECODE_THREADS, len(idx))) as pool:
+            return torch.stack(list(pool.map(lambda i: decode_image(self.files[i], size, limit), idx)))
 
     def content_hash(self) -> str:
         from reta.io import sha256_json
@@ -290,14 +482,11 @@ def _maybe_materialise(s: FileImageSet, desc: str) -> ImageSet:
     return s
 
 
-def _default_folder_size(first: Path) -> int:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(first) as im:
-            return min(224, min(im.size))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise RetaError(f"{first}: cannot decode image ({type(exc).__name__}); remove or replace the file") from None
+def _default_folder_size(files: list[Path]) -> int:
+    """The median shorter side of the files (headers only, each checked), capped at MAX_DEFAULT_FOLDER_SIZE."""
+    with _pixel_limit() as limit, ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        sides = sorted(pool.map(lambda f: min(_with_image(f, limit, lambda im: im.size)), files))
+    return min(MAX_DEFAULT_FOLDER_SIZE, sides[(len(sides) - 1) // 2])
 
 
 def _load_folder_pair(path: Path, name: str, image_size: int | None, stats) -> tuple[ImageSet, ImageSet]:
@@ -308,7 +497,7 @@ def _load_folder_pair(path: Path, name: str, image_size: int | None, stats) -> t
     if eval_dir is None:
         raise RetaError(f"{path}: no val/ or test/ folder beside train/; add the evaluation split")
     vfiles, vlabels, _ = _list_class_folder(eval_dir, classes)
-    size = image_size or _default_folder_size(files[0])
+    size = image_size or _default_folder_size(files)
     provisional = DatasetInfo(name, classes, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     train = _maybe_materialise(FileImageSet(files, labels, provisional, str(path / "train")), "decoding train")
     if stats is None:
@@ -328,12 +517,18 @@ def _load_tiny(path: Path, size: int) -> tuple[ImageSet, ImageSet]:
         raise RetaError(f"{ann}: missing; Tiny-ImageNet's val split needs val/images and val/val_annotations.txt")
     index = {wnid: i for i, wnid in enumerate(classes)}
     vfiles, vlabels = [], []
-    for line_no, line in enumerate(ann.read_text().splitlines(), 1):
+    try:
+        text = ann.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RetaError(f"{ann}: not UTF-8 text; restore the original file from the Tiny-ImageNet archive") from None
+    for line_no, line in enumerate(text.splitlines(), 1):
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in index:
             raise RetaError(f"{ann}:{line_no}: expected '<file>\\t<wnid>...' with a wnid from train/, got {line[:60]!r}")
         vfiles.append(path / "val" / "images" / parts[0])
         vlabels.append(index[parts[1]])
+    if not vfiles:
+        raise RetaError(f"{ann}: lists 0 images; restore the original file from the Tiny-ImageNet archive")
     info = DatasetInfo("tiny-imagenet", classes, size, *KNOWN_STATS["tiny-imagenet"])
     train = _maybe_materialise(FileImageSet(files, labels, info, str(path / "train")), "decoding train")
     test = _maybe_materialise(FileImageSet(vfiles, np.asarray(vlabels, dtype=np.int64), info, str(ann)), "decoding val")
