@@ -306,14 +306,106 @@ COMMANDS = {"squeeze": cmd_squeeze, "distill": cmd_distill, "relabel": cmd_relab
             "export-ddranking": cmd_export_ddranking}
 
 
+RESUMING_COMMANDS = {"distill", "relabel", "bench"}  # a rerun continues from what the interrupted one wrote
+INPUT_FLAGS = ("config", "data", "teacher", "distilled", "labels", "init_weights")
+
+
+def _inputs(args) -> str:
+    """The input paths on this command line, for errors raised where the file's name was lost."""
+    named = []
+    for flag in INPUT_FLAGS:
+        value = getattr(args, flag, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v:
+                named.append(f"--{flag.replace('_', '-')} {v}")
+    return ", ".join(named) or "the command's inputs"
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """exc as an OSError: safetensors reports I/O failures as SafetensorError text ('(os error 28) at path "P"')."""
+    import os
+    import re
+
+    if isinstance(exc, OSError):
+        return exc
+    if type(exc).__name__ == "SafetensorError":
+        code, at = re.search(r"\(os error (\d+)\)", str(exc)), re.search(r'at path "([^"]+)"', str(exc))
+        if code:  # the path is safetensors' own temporary: name the folder it was writing into
+            return OSError(int(code.group(1)), os.strerror(int(code.group(1))),
+                           str(Path(at.group(1)).parent) if at else None)
+    return None
+
+
+def _os_error_line(exc: OSError, args) -> str:
+    import errno
+
+    resume = " the same command to resume" if args.command in RESUMING_COMMANDS else ""
+    space = f"free some space, or choose another --out, and rerun{resume}"
+    hints = {
+        errno.ENOENT: ("no such file or folder", "check the path"),
+        errno.EACCES: ("permission denied", "check its permissions, or choose a folder you can write to"),
+        errno.EPERM: ("operation not permitted", "check its permissions, or choose a folder you can write to"),
+        errno.EROFS: ("read-only file system", "choose a writable --out"),
+        errno.ENOSPC: ("no space left on the device", space),
+        errno.EDQUOT: ("disk quota exceeded", space),
+        errno.EEXIST: ("exists and is not a folder", "remove it, or choose another path"),
+        errno.ENOTDIR: ("a part of the path is a file, not a folder", "remove that file, or choose another path"),
+        errno.EISDIR: ("is a folder, not a file", "pass the file itself"),
+        errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
+        errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) and rerun"),
+        errno.EIO: ("input/output error", "check the disk, then rerun"),
+    }
+    what, fix = hints.get(exc.errno, (exc.strerror or str(exc), "check the path"))
+    path = exc.filename
+    if path is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+        path = getattr(args, "out", None)  # a failed write() on an open file no longer knows its name
+    where = f"{path} -> {exc.filename2}" if path is not None and exc.filename2 is not None else path
+    return f"{where}: {what} ({fix})" if where is not None else f"{what} ({fix})"
+
+
+def _error_line(exc: Exception, args) -> str | None:
+    """The one line for an error the user can act on, or None for a bug (which keeps its traceback)."""
+    import json
+
+    import yaml
+
+    if isinstance(exc, RetaError):
+        return str(exc)
+    os_error = _os_error(exc)
+    if os_error is not None:
+        return _os_error_line(os_error, args)
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"{_inputs(args)}: a file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                f"save it as UTF-8 or regenerate it (RETA_DEBUG=1 shows which)")
+    if isinstance(exc, json.JSONDecodeError):
+        return (f"{_inputs(args)}: a JSON file is invalid ({exc.msg} at line {exc.lineno}); "
+                f"regenerate it (RETA_DEBUG=1 shows which)")
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        where = mark.name if mark is not None and not mark.name.startswith("<") else _inputs(args)
+        return f"{where}: invalid YAML ({str(exc).splitlines()[0]}); fix the file"
+    if isinstance(exc, (KeyError, TypeError)):
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        return (f"{_inputs(args)}: an input is malformed ({type(exc).__name__}: {what}); an artifact is incomplete "
+                f"or from another reta version: regenerate it (RETA_DEBUG=1 shows the traceback)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error the user can act on ends as one line and status 2 (RETA_DEBUG=1 re-raises)."""
+    import os
+
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except RetaError as exc:
-        message = " ".join(str(exc).splitlines())  # one line, even if a library's text had several
+    except KeyboardInterrupt:
+        hint = "; rerun the same command to resume" if args.command in RESUMING_COMMANDS else ""
+        print(f"reta {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        line = _error_line(exc, args)
+        if line is None or os.environ.get("RETA_DEBUG", "") not in ("", "0"):
+            raise
+        message = " ".join(line.splitlines())  # one line, even if a library's text had several
         print(f"reta {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"reta {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130

@@ -212,10 +212,16 @@ def parse_set_args(items: list[str] | None) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise RetaError(f"{path}: is a folder; --config takes a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise RetaError(f"{path}: config file not found") from None
+    except PermissionError as exc:
+        raise RetaError(f"{path}: cannot read the config file ({exc.strerror}); check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise RetaError(f"{path}: not UTF-8 text (byte {exc.start}); save the config file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise RetaError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
