@@ -219,10 +219,10 @@ def test_distilled_set_identity_checked_when_artifacts_meet(world, tmp_path, cap
 
 def test_ipc_larger_than_images_available(world, tmp_path, capsys):
     rc, _, err = run_cli(capsys, _distill(world, tmp_path / "d", ipc="1000"))
-    assert_clean_failure(rc, err, ["ipc=1000", "lower --ipc", "'a'"], tmp_path / "d")
-    assert not (tmp_path / "d" / "images").exists() or not any((tmp_path / "d" / "images").rglob("*.png"))
+    assert_clean_failure(rc, err, ["--ipc 1000", "lower --ipc", "'a'"], tmp_path / "d")
+    assert not (tmp_path / "d").exists()  # validated before anything was written
     rc, _, err = run_cli(capsys, _distill(world, tmp_path / "d0", ipc="0"))
-    assert_clean_failure(rc, err, ["--ipc 0"], tmp_path / "d0")
+    assert_clean_failure(rc, err, ["ipc=0"], tmp_path / "d0")
 
 
 def test_non_finite_loss_in_squeeze(world, tmp_path, capsys):

@@ -13,8 +13,7 @@ from reta.config import RecoverConfig, build
 from reta.errors import RetaError
 from reta.losses.bn import BNStatHooks, batch_moments, bn_layer_loss
 from reta.recover import METHODS, distill, preset
-from reta.recover.anchors import mix
-from reta.recover.loop import plan_groups, stage_plan
+from reta.recover.loop import default_jitter, mix, plan_groups, stage_plan
 from reta.teacher import cosine_lr
 
 CPU = torch.device("cpu")
@@ -53,9 +52,13 @@ def test_cosine_lr_schedule():
 def test_stage_plan_splits_budget_and_checks_sizes():
     assert stage_plan(RecoverConfig(iterations=2000, num_stages=4), 32) == ([32] * 4, [500] * 4)
     assert stage_plan(RecoverConfig(iterations=10, num_stages=3), 32) == ([32] * 3, [3, 3, 4])
-    assert stage_plan(RecoverConfig(iterations=8, stage_sizes=[16, 32]), 32) == ([16, 32], [4, 4])
+    assert stage_plan(RecoverConfig(iterations=8, stage_sizes=(16, 32)), 32) == ([16, 32], [4, 4])
     with pytest.raises(RetaError, match="must end at"):
-        stage_plan(RecoverConfig(iterations=8, stage_sizes=[32, 16]), 32)
+        stage_plan(RecoverConfig(iterations=8, stage_sizes=(32, 16)), 32)
+
+
+def test_default_jitter_follows_the_field_by_resolution():
+    assert [default_jitter(s) for s in (16, 32, 64, 224)] == [2, 4, 4, 32]
 
 
 def test_residual_mix():
@@ -78,10 +81,7 @@ def test_plan_groups_cover_every_slot_once():
 def _distill(digits, teacher, tmp_path, name, method, **overrides):
     train, _ = digits
     base = {**preset(method), "ipc": 4, "iterations": 8, "batch_size": 40, "jitter": 2, "rded_candidates": 20}
-    cfg = build(RecoverConfig, base=base)
-    from reta.config import apply_overrides
-
-    apply_overrides(cfg, overrides)
+    cfg = build(RecoverConfig, base=base, flags=overrides)
     out = tmp_path / name
     manifest = distill(train, [teacher], cfg, out, CPU, cache_dir=tmp_path / "cache", progress=False)
     return out, manifest
@@ -99,7 +99,7 @@ def test_every_method_runs_and_writes_a_complete_set(method, digits, digits_teac
     images, loaded = read_distilled(out, expect=digits[0].info)
     assert len(images) == 10 * 4 and loaded["method"] == method
     assert manifest["timings"]["seconds_per_image"] > 0
-    if preset(method).get("drc", {}).get("enabled"):
+    if manifest.get("drc_selections") is not None:
         # 3 connections x 40 images, each with its fit, complexity and J
         assert len(manifest["drc_selections"]) == 3 * 40
         assert {"stage", "slot", "pool_index", "fit", "complexity", "J"} <= set(manifest["drc_selections"][0])
@@ -114,18 +114,29 @@ def test_same_seed_same_bytes_other_seed_differs(digits, digits_teacher, tmp_pat
     assert _png_bytes(a) != _png_bytes(c)
 
 
-def test_reta_without_drc_and_pta_is_fadrm_bit_for_bit(digits, digits_teacher, tmp_path):
-    fadrm, _ = _distill(digits, digits_teacher, tmp_path, "fadrm", "fadrm")
-    off, _ = _distill(digits, digits_teacher, tmp_path, "off", "reta", **{"drc.enabled": False, "pta.enabled": False,
-                                                                          "batch_composition": "class-mixed"})
-    assert _png_bytes(fadrm) == _png_bytes(off)
+@pytest.mark.parametrize("method,overrides", [
+    ("pta", {"pta.weight": 0.0}),  # lambda_topo = 0: no topology term at all
+    ("drc", {"alpha": 1.0}),  # alpha = 1: the retrieved anchor is never mixed in
+    ("reta", {"alpha": 1.0, "pta.weight": 0.0}),
+    ("reta-paper", {"alpha": 1.0, "pta.weight": 0.0}),
+])
+def test_reta_with_its_parts_switched_off_is_fadrm_bit_for_bit(method, overrides, digits, digits_teacher, tmp_path):
+    # Same class-mixed layout as FADRM: RETA changes the anchor and adds a term, nothing else.
+    fadrm, _ = _distill(digits, digits_teacher, tmp_path, "fadrm", "fadrm", alpha=overrides.get("alpha", 0.5))
+    other, _ = _distill(digits, digits_teacher, tmp_path, method, method, **overrides)
+    assert _png_bytes(fadrm) == _png_bytes(other)
 
 
-def test_reta_with_alpha_one_and_zero_topology_weight_is_fadrm(digits, digits_teacher, tmp_path):
-    # alpha = 1 makes every anchor irrelevant and lambda_topo = 0 removes PTA: same images as FADRM
-    fadrm, _ = _distill(digits, digits_teacher, tmp_path, "fadrm", "fadrm", alpha=1.0, batch_composition="per-class")
-    reta, _ = _distill(digits, digits_teacher, tmp_path, "reta", "reta", alpha=1.0, **{"pta.weight": 0.0})
-    assert _png_bytes(fadrm) == _png_bytes(reta)
+def test_topology_term_changes_the_images_and_records_its_gradient(digits, digits_teacher, tmp_path):
+    fadrm, _ = _distill(digits, digits_teacher, tmp_path, "fadrm", "fadrm", iterations=16, num_stages=2)
+    pta, manifest = _distill(digits, digits_teacher, tmp_path, "pta", "pta", iterations=16, num_stages=2,
+                             **{"pta.refresh_every": 2})
+    assert _png_bytes(fadrm) != _png_bytes(pta)
+    cos = manifest["pta_gradient_cosine"]
+    assert cos["refreshes"] == 4 * 3 * 2 and -1.0 <= cos["min"] <= cos["mean"] <= 1.0  # 4 groups, 3 per stage after the first
+    ratio = manifest["grad_ratio"]["pta"]
+    assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert all("grad_ratio" in g for g in manifest["groups"])
 
 
 def test_finished_output_is_not_overwritten(digits, digits_teacher, tmp_path):
@@ -146,8 +157,14 @@ def test_distinct_anchors_need_per_class_groups(digits, digits_teacher, tmp_path
         _distill(digits, digits_teacher, tmp_path, "x", "drc", **{"drc.distinct": True})
 
 
+def test_partitioned_pool_gives_distinct_anchors_in_the_class_mixed_layout(digits, digits_teacher, tmp_path):
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "part", "drc", **{"drc.partition": True})
+    assert manifest["shared_anchor_fraction"] == 0.0
+
+
 def test_distinct_anchors_never_repeat_within_a_class(digits, digits_teacher, tmp_path):
-    _, manifest = _distill(digits, digits_teacher, tmp_path, "distinct", "reta", **{"drc.distinct": True})
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "distinct", "reta", **{"drc.distinct": True,
+                                                                                  "batch_composition": "per-class"})
     seen = {}
     for r in manifest["drc_selections"]:
         seen.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])

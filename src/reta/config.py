@@ -12,19 +12,55 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+import math
+from typing import Any, Literal
 
 import yaml
 
 from reta.errors import RetaError
 
 
-@dataclass
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise RetaError(f"config {key}={value!r}: {rule}")
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        _check(v >= 1, n, v, "must be at least 1")
+
+
+def _non_negative(cfg: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        _check(math.isfinite(v) and v >= 0, n, v, "must be a finite number >= 0")
+
+
+def _learning_rate(v: float, key: str = "lr") -> None:
+    _check(math.isfinite(v) and v > 0, key, v, "must be a finite number > 0")
+
+
+def _fraction(v: float, key: str, low_open: bool = False) -> None:
+    ok = math.isfinite(v) and (0 < v if low_open else 0 <= v) and v <= 1
+    _check(ok, key, v, f"must lie in {'(' if low_open else '['}0, 1]")
+
+
+def _enum(cfg: Any, name: str) -> None:
+    allowed = typing.get_args(typing.get_type_hints(type(cfg))[name])
+    v = getattr(cfg, name)
+    _check(v in allowed, name, v, f"choose one of {', '.join(map(str, allowed))}")
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
 class SqueezeConfig:
     """Teacher training recipe (field default for small images: SGD + cosine + crop/flip)."""
 
     arch: str = "convnet3"
-    epochs: int = 30
+    epochs: int = 30  # 0 = import --init-weights without training
     batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
@@ -34,73 +70,126 @@ class SqueezeConfig:
     flip: bool = True
     seed: int = 0
     holdout_fraction: float = 0.1  # train images kept out of training/pools for model selection
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: Precision = "auto"
+
+    def __post_init__(self):
+        _non_negative(self, "epochs", "crop_padding", "weight_decay", "label_smoothing")
+        _positive(self, "batch_size")
+        _learning_rate(self.lr)
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "must lie in [0, 1)")
+        _check(self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be below 1")
+        _check(0 <= self.holdout_fraction < 1, "holdout_fraction", self.holdout_fraction, "must lie in [0, 1)")
+        _enum(self, "precision")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DRCConfig:
-    """Dynamic Retrieval Connection (RETA §1.2, resolutions §5.1-5.6)."""
+    """Dynamic Retrieval Connection (RETA §1.2, resolutions §5.1-5.6; docs/reta.md)."""
 
-    enabled: bool = False
     lam: float = 0.1  # weight of complexity in J = (1-lam)*fit + lam*complexity
     prefilter: int = 32  # top-M candidates by fit, then min-max normalise inside them
     pool_per_class: int = 0  # 0 = every (non-held-out) training image of the class
-    distinct: bool = False  # no two images of a class share an anchor at one connection
+    # Feature space of the fit: `raw` is the paper's Norm(phi); `centred` subtracts the class's
+    # real mean feature first, so queries that drift to the class prototype do not all retrieve
+    # the same prototypical image (docs/reta.md, "DRC collapse").
+    features: Literal["raw", "centred"] = "raw"
+    # partition: slot i of a class retrieves only from its own 1/ipc share of the pool, so no two
+    # slots can share an anchor whatever the batch layout; distinct: a minimum-cost assignment
+    # over a class's slots, which needs them in one group (per-class layout).
+    partition: bool = False
+    distinct: bool = False
     feature_batch: int = 256  # pool images per teacher forward while building the cache
 
+    def __post_init__(self):
+        _fraction(self.lam, "lam")
+        _non_negative(self, "prefilter", "pool_per_class")
+        _positive(self, "feature_batch")
+        _enum(self, "features")
 
-@dataclass
+
+@dataclass(frozen=True)
 class PTAConfig:
-    """Persistent Topology Alignment (RETA §1.3, resolutions §5.7-5.10)."""
+    """Persistent Topology Alignment (RETA §1.3, resolutions §5.7-5.10; docs/reta.md)."""
 
-    enabled: bool = False
     weight: float = 0.5  # lambda_topo
     k: int = 10  # mutual k-NN; clipped to n-1
+    # image: H0/H1 persistence images compared in squared Frobenius norm (the paper);
+    # sorted: squared 2-Wasserstein distance of the sorted H0 deaths / H1 persistences to the
+    # real barycentre (their mean order statistics), whose optimum is a typical real cloud.
+    distance: Literal["image", "sorted"] = "image"
+    # Divide each class's loss by its real-vs-reference value (the expected loss of a real subset
+    # of the cloud's size), so lambda_topo means the same at any resolution, grid or cloud size.
+    normalise: bool = False
     grid: int = 32  # persistence image G x G; sigma = 1/G
     gamma: float = 1.0  # weight of the H1 term
-    reference_subsets: int = 20  # Q random real subsets averaged into the reference image
-    refresh_every: int = 10  # T: steps between refreshes of the detached feature cache
-    infinite_bars: str = "one"  # one | max_edge | drop
-    class_reduction: str = "sum"  # sum (paper) | mean over the classes in the batch
+    reference_subsets: int = 20  # Q random real subsets averaged into the reference
+    refresh_every: int = 10  # T: steps between exact topology-gradient refreshes within a stage
+    infinite_bars: Literal["one", "max_edge", "drop"] = "one"
+    class_reduction: Literal["sum", "mean"] = "sum"  # sum (paper) | mean over the classes in the batch, like CE
     min_points: int = 4  # H1 needs >= 4 points; PTA is off for smaller clouds
-    live_features: str = "view"  # view: straight-through via the main pass (cheap) | clean: extra pass per step
+
+    def __post_init__(self):
+        _non_negative(self, "weight", "gamma")
+        _positive(self, "k", "grid", "reference_subsets", "refresh_every")
+        _check(self.min_points >= 2, "min_points", self.min_points, "must be at least 2")
+        for name in ("distance", "infinite_bars", "class_reduction"):
+            _enum(self, name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecoverConfig:
-    """Recover (synthesis) settings. A method preset fills the fields it needs."""
+    """Recover (synthesis) settings. A method preset fills the fields it needs.
+
+    `method` is the registered strategy (`reta.recover.METHODS`); its preset is applied before
+    YAML and --set, and `method` itself can only be chosen with --method, so a run can never be
+    labelled with a method other than the one that ran.
+    """
 
     method: str = "fadrm"
     ipc: int = 10
     iterations: int = 2000  # total budget B, split evenly over the stages unless stage_budgets is set
-    stage_sizes: list[int] = field(default_factory=list)  # [] = native size at every stage
+    stage_sizes: tuple[int, ...] = ()  # () = native size at every stage
     num_stages: int = 4  # k+1 blocks; k = num_stages-1 residual connections
-    stage_budgets: list[int] = field(default_factory=list)
+    stage_budgets: tuple[int, ...] = ()
     lr: float = 0.25
     beta1: float = 0.5
     beta2: float = 0.9
     r_bn: float = 0.01
     first_bn_multiplier: float = 10.0
     alpha: float = 0.5  # residual mix x <- alpha*x + (1-alpha)*anchor
-    jitter: int = 4  # roll by U{0..jitter}^2 (4 for <= 64 px, 32 for 224 px)
+    jitter: int = -1  # roll by U{0..jitter}^2; -1 = by resolution (see recover.loop.default_jitter)
     crop_scale_min: float = 0.08  # RandomResizedCrop scale lower bound; 1 disables cropping
     flip: bool = True
     batch_size: int = 100  # images per optimisation batch
-    batch_composition: str = "class-mixed"  # class-mixed (SRe2L/FADRM) | per-class
-    init: str = ""  # "" = method default; noise | real | rded
+    batch_composition: Literal["class-mixed", "per-class"] = "class-mixed"  # SRe2L/FADRM | all slots of a few classes
+    init: Literal["noise", "real", "rded"] = "rded"
     rded_candidates: int = 300  # RDED: real images scored per class (mipc)
     rded_crops: int = 5  # RDED: random crops per image
     rded_factor: int = 1  # RDED: crops stitched factor x factor per image
-    teachers: list[str] = field(default_factory=list)  # extra teacher dirs, round-robin (FADRM+)
     seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: Precision = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the teacher forward (GPU; falls back to eager where unavailable)
     drc: DRCConfig = field(default_factory=DRCConfig)
     pta: PTAConfig = field(default_factory=PTAConfig)
 
+    def __post_init__(self):
+        _positive(self, "ipc", "num_stages", "batch_size", "rded_crops", "rded_factor", "rded_candidates")
+        _non_negative(self, "iterations", "r_bn", "first_bn_multiplier")
+        _learning_rate(self.lr)
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and 0 <= v < 1, name, v, "must lie in [0, 1)")
+        _fraction(self.alpha, "alpha")
+        _fraction(self.crop_scale_min, "crop_scale_min", low_open=True)
+        _check(self.jitter >= -1, "jitter", self.jitter, "must be >= 0 (or -1: by resolution)")
+        _check(all(s >= 1 for s in self.stage_sizes), "stage_sizes", self.stage_sizes, "every size must be >= 1")
+        _check(all(b >= 0 for b in self.stage_budgets), "stage_budgets", self.stage_budgets, "budgets must be >= 0")
+        for name in ("batch_composition", "init", "precision"):
+            _enum(self, name)
 
-@dataclass
+
+@dataclass(frozen=True)
 class RelabelConfig:
     """FKD-style stored soft labels: per epoch, per image crop/flip, per batch CutMix."""
 
@@ -111,10 +200,17 @@ class RelabelConfig:
     cutmix_beta: float = 1.0
     cutmix_prob: float = 1.0
     shard_epochs: int = 50  # epochs per shard file
-    teacher_mode: str = "eval"  # eval (SRe2L) | train (FADRM's batch-specific BN labels)
+    teacher_mode: Literal["eval", "train"] = "eval"  # eval (SRe2L) | train (FADRM's batch-specific BN labels)
+
+    def __post_init__(self):
+        _positive(self, "epochs", "batch_size", "shard_epochs")
+        _fraction(self.crop_scale_min, "crop_scale_min", low_open=True)
+        _fraction(self.cutmix_prob, "cutmix_prob")
+        _check(math.isfinite(self.cutmix_beta) and self.cutmix_beta > 0, "cutmix_beta", self.cutmix_beta, "must be > 0")
+        _enum(self, "teacher_mode")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalProtocol:
     """Student training on a distilled set (FADRM/EDC protocol, final-epoch reporting)."""
 
@@ -126,18 +222,30 @@ class EvalProtocol:
     eta: float = 2.0  # cosine stretch: lr(e) = lr*0.5*(1+cos(pi*e/(E*eta))); 1 = to zero, 2 = to half
     temperature: float = 20.0
     t_squared: bool = False  # FADRM/SRe2L use KL without the T^2 factor
-    labels: str = "online"  # online (teacher every batch) | stored (relabel dir) | hard
+    labels: Literal["online", "stored", "hard"] = "online"  # teacher every batch | relabel dir | hard labels
     crop_scale_min: float = 0.08
     cutmix_beta: float = 1.0
     cutmix_prob: float = 1.0
     seeds: int = 3
     eval_every: int = 0  # 0 = only at the end (plus best-of-every-10% as a labelled extra)
-    precision: str = "auto"
+    precision: Precision = "auto"
+
+    def __post_init__(self):
+        _positive(self, "epochs", "batch_size", "seeds")
+        _non_negative(self, "weight_decay", "eval_every")
+        _learning_rate(self.lr)
+        _check(math.isfinite(self.eta) and self.eta >= 1, "eta", self.eta, "must be >= 1 (1 = cosine to zero)")
+        _check(math.isfinite(self.temperature) and self.temperature > 0, "temperature", self.temperature,
+               "must be > 0 (the KD softmax temperature)")
+        _fraction(self.crop_scale_min, "crop_scale_min", low_open=True)
+        _fraction(self.cutmix_prob, "cutmix_prob")
+        _check(math.isfinite(self.cutmix_beta) and self.cutmix_beta > 0, "cutmix_beta", self.cutmix_beta, "must be > 0")
+        _enum(self, "labels")
+        _enum(self, "precision")
 
 
 def _field_type(cls: type, name: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints[name]
+    return typing.get_type_hints(cls)[name]
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -145,13 +253,15 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key)
-    if origin is list:
-        (inner,) = typing.get_args(typ) or (Any,)
+    if origin is typing.Literal:
+        return value  # checked against its choices by the dataclass itself
+    if origin in (list, tuple):
+        inner = typing.get_args(typ)[0] if typing.get_args(typ) else Any
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             value = [value]
-        return [_coerce(v, inner, key) for v in value]
+        return tuple(_coerce(v, inner, key) for v in value)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -166,34 +276,44 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 raise ValueError
             if typ in (int, float) and isinstance(value, bool):  # int(True) == 1 would hide a typo
                 raise ValueError
+            if typ in (int, float) and not isinstance(value, (int, float, str)):
+                raise ValueError
             return typ(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             article = "an" if typ is int else "a"
             raise RetaError(f"config {key}={value!r}: expected {article} {typ.__name__}") from None
     return value
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
-    """Set (possibly dotted, e.g. `drc.lam`) fields of a dataclass config in place; returns cfg."""
+    """A new config: `cfg` with (possibly dotted, e.g. `drc.lam`) fields replaced and re-validated."""
+    changes: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    names = {f.name for f in dataclasses.fields(cfg)}
     for key, value in overrides.items():
         full = f"{prefix}{key}"
         head, _, rest = key.partition(".")
-        names = {f.name for f in dataclasses.fields(cfg)}
         if head not in names:
             raise RetaError(f"unknown config key {full!r}; valid keys: {', '.join(sorted(names))}")
-        current = getattr(cfg, head)
-        if dataclasses.is_dataclass(current):
+        if dataclasses.is_dataclass(getattr(cfg, head)):
             if rest:
-                apply_overrides(current, {rest: value}, prefix=f"{prefix}{head}.")
+                sections.setdefault(head, {})[rest] = value
             elif isinstance(value, dict):
-                apply_overrides(current, value, prefix=f"{full}.")
+                sections.setdefault(head, {}).update(value)
             else:
                 raise RetaError(f"config {full!r} is a section; set one of its keys, e.g. {full}.<key>=...")
         elif rest:
             raise RetaError(f"config key {full!r}: {head!r} has no sub-keys")
         else:
-            setattr(cfg, head, _coerce(value, _field_type(type(cfg), head), full))
-    return cfg
+            changes[head] = _coerce(value, _field_type(type(cfg), head), full)
+    for head, sub in sections.items():
+        changes[head] = apply_overrides(getattr(cfg, head), sub, prefix=f"{prefix}{head}.")
+    if not changes:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except RetaError as exc:  # a section's own check does not know where the section sits
+        raise RetaError(str(exc).replace("config ", f"config {prefix}", 1)) from None
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, Any]:
@@ -232,13 +352,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build(cls: type, yaml_path: str | Path | None = None, sets: list[str] | None = None,
-          base: dict[str, Any] | None = None) -> Any:
-    """Defaults < `base` (presets) < YAML file < `--set` items."""
-    cfg = cls()
-    if base:
-        apply_overrides(cfg, base)
-    if yaml_path:
-        apply_overrides(cfg, load_yaml(yaml_path))
-    if sets:
-        apply_overrides(cfg, parse_set_args(sets))
+          base: dict[str, Any] | None = None, flags: dict[str, Any] | None = None) -> Any:
+    """Defaults < `base` (a method preset) < YAML file < `--set` items < `flags` (explicit CLI options).
+
+    `method` belongs to the preset: YAML or --set may not change it, because the preset has
+    already decided what runs.
+    """
+    layers = [("preset", base or {}), (str(yaml_path), load_yaml(yaml_path) if yaml_path else {}),
+              ("--set", parse_set_args(sets)), ("flags", flags or {})]
+    for where, layer in layers[1:3]:
+        if "method" in layer:
+            raise RetaError(f"{where}: `method` cannot be set there; choose the method with --method")
+    defaults = cls(**({"method": base["method"]} if base and "method" in base else {}))
+    cfg = defaults
+    for _, layer in layers:
+        if layer:
+            cfg = apply_overrides(cfg, layer)
     return cfg

@@ -69,13 +69,14 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "teacher": Kind("squeeze", "meta.json", ("weights.safetensors", "meta.json", "checkpoint.safetensors"),
                     resumable=True),
-    "distilled": Kind("distill", "manifest.json", ("manifest.json", "run.json", "images/*/*.png",
+    "distilled": Kind("distill", "manifest.json", ("manifest.json", "images/*/*.png",
                                                    "init/class_*.safetensors", "progress/group_*.json"),
                       resumable=True),
     "labels": Kind("relabel", "manifest.json", ("manifest.json", "labels-*.safetensors"), resumable=True),
     "evaluation": Kind("evaluate", "result.json", ("config.json", "result.json")),
     "report": Kind("report", "report.md", ("report.md", "betti_curves.png", "diagrams.png", "anchors.png")),
-    "ddranking": Kind("export-ddranking", "config.yaml", ("config.yaml", "teacher.pth", "images/*/*.png")),
+    "ddranking": Kind("export-ddranking", "config.yaml", ("config.yaml", "run_ddranking.py", "images/*/*.png",
+                                                         "teacher/*/*/ckpt_best.pt", "real/md5.json", "real/*/*")),
 }
 
 

@@ -10,18 +10,27 @@ images, and the loss compares the synthetic set's images with a reference built 
 
 The pairing is a separate, non-differentiable step (`persistence_pairing`) so a caller can run
 it off the critical path and apply it later (`diagrams_from_pairing`).
+
+Two signatures of a cloud's topology can be compared with a real reference:
+* `image` — the paper's H0/H1 persistence images, squared Frobenius distance;
+* `sorted` — the sorted H0 deaths and sorted H1 persistences. With equal cardinalities the
+  squared distance of sorted vectors is (n times) the squared 2-Wasserstein distance between the
+  two bar-length distributions, and the W2 barycentre of real subsets is the mean of their
+  sorted vectors: its optimum is a typical real cloud, and a near-duplicate pair (an H0 death
+  near 0) costs exactly what it deviates from the real smallest merge distance.
+A `Reference` also carries the expected distance of a real subset to it (`baseline`), so a loss
+divided by it reads the same (a real subset scores ~1) at any resolution, grid or cloud size.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import gudhi
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
@@ -268,42 +277,82 @@ def betti_curves(dgm0: Tensor, dgm1: Tensor, thresholds: Tensor) -> tuple[Tensor
     return curve(dgm0), curve(dgm1)
 
 
-def benchmark_pairing(
-    n: int = 64, d: int = 512, k: int = 10, repeats: int = 50, device: str = "cpu"
-) -> dict[str, float]:
-    """Median milliseconds for the pairing alone and for pairing + PI + loss backward.
+SIGNATURES = ("image", "sorted")
 
-    Features are random unit vectors [n, d]; kappa is their max squared distance.
-    """
-    gen = torch.Generator().manual_seed(0)
-    z0 = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1).to(device)
-    kappa = class_cutoff(z0)
-    dist = squared_distances(z0)
-    ref = torch.zeros(32, 32, device=device)
 
-    def sync() -> None:
-        if z0.device.type == "cuda":
-            torch.cuda.synchronize()
+def sorted_bars(h0: Tensor, h1: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(n,) ascending H0 deaths, padded with 1.0 for bars the graph never merges; (m,) descending H1 persistences."""
+    deaths = h0[:, 1]
+    if len(deaths) < n:
+        deaths = torch.cat([deaths, deaths.new_ones(n - len(deaths))])
+    return torch.sort(deaths[:n]).values, torch.sort(h1[:, 1] - h1[:, 0], descending=True).values
 
-    def timed(step) -> float:
-        step()  # warm-up
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
 
-    def full() -> None:
-        z = z0.clone().requires_grad_(True)
-        topology_loss(*class_topology_terms(z, kappa, k, 32, "one"), ref, ref).backward()
+def signature(z: Tensor, kappa: float, k: int, distance: str = "image", grid: int = 32,
+              infinite: str = "one") -> tuple[Tensor, Tensor]:
+    """Differentiable (H0, H1) signature of one cloud z [n, d]: persistence images or sorted bars."""
+    h0, h1 = diagrams(squared_distances(z), kappa, k, infinite)
+    if distance == "image":
+        pi = persistence_images_batched([h0, h1], grid)
+        return pi[0], pi[1]
+    if distance == "sorted":
+        return sorted_bars(h0, h1, z.shape[0])
+    raise RetaError(f"topology distance must be one of {'|'.join(SIGNATURES)}, got {distance!r}")
 
-    return {
-        "n": n,
-        "d": d,
-        "k": k,
-        "pairing_ms": timed(lambda: persistence_pairing(dist, kappa, k)),
-        "total_ms": timed(full),
-    }
+
+def _pad_to(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero-pad the shorter of two 1-D vectors: a missing bar is a bar of length 0 (on the diagonal)."""
+    if a.dim() != 1 or len(a) == len(b):
+        return a, b
+    m = max(len(a), len(b))
+    return F.pad(a, (0, m - len(a))), F.pad(b, (0, m - len(b)))
+
+
+def signature_distance(sig: tuple[Tensor, Tensor], ref: tuple[Tensor, Tensor], gamma: float = 1.0) -> Tensor:
+    """||H0 - H0_ref||^2 + gamma ||H1 - H1_ref||^2 (vectors zero-padded to a common length)."""
+    h1, r1 = _pad_to(sig[1], ref[1].to(sig[1]))
+    return (sig[0] - ref[0].to(sig[0])).square().sum() + gamma * (h1 - r1).square().sum()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A class's real topology for clouds of `n` points: mean signature and a real subset's expected distance."""
+
+    kappa: float
+    signature: tuple[Tensor, Tensor]
+    baseline: float
+    n: int
+
+
+def _mean_signature(sigs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    h0 = torch.stack([s[0] for s in sigs]).mean(dim=0)
+    if sigs[0][1].dim() == 1:  # sorted bars: ragged H1, pad with zero-length bars
+        m = max(len(s[1]) for s in sigs)
+        h1 = torch.stack([F.pad(s[1], (0, m - len(s[1]))) for s in sigs]).mean(dim=0)
+    else:
+        h1 = torch.stack([s[1] for s in sigs]).mean(dim=0)
+    return h0, h1
+
+
+@torch.no_grad()
+def build_reference(real_features: Tensor, n: int, num_subsets: int, k: int, kappa: float, generator: torch.Generator,
+                    distance: str = "image", grid: int = 32, infinite: str = "one", gamma: float = 1.0) -> Reference:
+    """Mean signature of `num_subsets` random size-n real subsets, and the unbiased expected
+    distance of a fresh real subset to it (each subset against the mean of the others, averaged)."""
+    total = real_features.shape[0]
+    if not 0 < n <= total:
+        raise RetaError(f"a reference subset needs 1..{total} real points (the class size), got n={n}")
+    if num_subsets < 2:
+        raise RetaError(f"the reference needs at least two real subsets, got num_subsets={num_subsets}")
+    sigs = []
+    for _ in range(num_subsets):
+        idx = torch.randperm(total, generator=generator, device=generator.device)[:n]
+        sigs.append(signature(real_features[idx.to(real_features.device)], kappa, k, distance, grid, infinite))
+    mean = _mean_signature(sigs)
+    q = num_subsets
+    # Subset j against the mean of the other q-1 has expected distance V*q/(q-1) (V: a subset's
+    # variance about the true mean); a fresh subset against the mean of all q has V*(q+1)/q.
+    loo = [float(signature_distance(s, _mean_signature(sigs[:j] + sigs[j + 1:]), gamma)) for j, s in enumerate(sigs)]
+    loo = [d * (q * q - 1) / (q * q) for d in loo]
+    baseline = sum(loo) / q
+    return Reference(kappa=kappa, signature=mean, baseline=baseline if baseline > 1e-12 else 1.0, n=n)

@@ -120,3 +120,11 @@ def sample_beta(beta: float, generator: torch.Generator) -> float:
     from scipy.special import betaincinv  # scipy comes with scikit-learn
 
     return float(betaincinv(beta, beta, u))
+
+
+def resample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize to size x size (antialiased when shrinking); identity at the same size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < images.shape[-1])

@@ -1,36 +1,54 @@
-"""recover: synthesise a distilled set with one of the registered methods."""
+"""recover: synthesise a distilled set with one of the registered methods.
+
+Importing this package registers every method (methods.py, drc.py, pta.py, reta.py).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 import torch
 
-from reta import io
+from reta import io, outdir
 from reta.config import RecoverConfig
 from reta.data.dataset import ImageSet, split_holdout
-from reta.distilled import MANIFEST
 from reta.errors import RetaError
-from reta.recover.loop import RUN_RECORD, Recover, done_groups, finalise
-from reta.recover.methods import METHODS, SELECTION_ONLY, preset
+from reta.recover.loop import Recover, done_groups, finalise, stage_plan
+from reta.recover import drc, methods, pta, reta  # noqa: F401 - each module registers its methods
+from reta.recover.strategy import METHODS, preset
 from reta.teacher import Teacher
 
 __all__ = ["METHODS", "distill", "preset"]
 
 
+def check_feasible(fit: ImageSet, cfg: RecoverConfig) -> None:
+    """Refuse, before anything is written, an IPC that some class cannot supply real images for."""
+    need = cfg.ipc * cfg.rded_factor ** 2 if cfg.init == "rded" else cfg.ipc if cfg.init == "real" else 1
+    counts = np.bincount(np.asarray(fit.labels), minlength=fit.info.num_classes)
+    short = [c for c in range(fit.info.num_classes) if counts[c] < need]
+    if short:
+        c = short[0]
+        raise RetaError(f"class {c} ({fit.info.classes[c]!r}) has {counts[c]} training images outside the held-out split "
+                        f"but --method {cfg.method} at --ipc {cfg.ipc} needs {need} per class"
+                        f"{f' ({len(short)} classes fall short)' if len(short) > 1 else ''}; lower --ipc")
+
+
 def distill(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_dir: Path, dev: torch.device,
-            rank: int = 0, world: int = 1, barrier=None, cache_dir: Path | None = None, progress: bool = True) -> dict | None:
+            rank: int = 0, world: int = 1, barrier=None, cache_dir: Path | None = None, progress: bool = True,
+            inputs: Sequence[Path] = (), overwrite: bool = False) -> dict | None:
     """Run recover into out_dir (resumable); returns the manifest on rank 0, None elsewhere.
 
     `train` is the full training split; the teacher's held-out part is removed here so pools,
-    RDED candidates and real baselines never touch it.
+    RDED candidates and real baselines never touch it. `inputs`: folders out_dir must not be in
+    (the dataset's, the teachers'). Everything is validated before out_dir is claimed.
     """
     out_dir = Path(out_dir)
-    if cfg.ipc < 1:
-        raise RetaError(f"--ipc {cfg.ipc}: must be at least 1")
-    if cfg.method in SELECTION_ONLY and cfg.iterations:
+    if METHODS.get(cfg.method).preset.get("iterations") == 0 and cfg.iterations:
         cfg = dataclasses.replace(cfg, iterations=0)  # selection methods have no budget to spend
     teacher = teachers[0]
     for t in teachers[1:]:
@@ -38,21 +56,18 @@ def distill(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_di
     teacher.info.check_compatible(train.info, f"teacher {teacher.path}", f"dataset {train.source}")
     fraction, seed = teacher.holdout
     fit, _ = split_holdout(train, fraction, seed)
+    check_feasible(fit, cfg)
+    stage_plan(cfg, train.info.image_size)
     record = {"config": dataclasses.asdict(cfg), "teachers": [str(t.path) for t in teachers],
               "teacher_sha256": [t.weights_hash for t in teachers], "data_hash": train.content_hash(),
               "data_source": train.source, "holdout": {"fraction": fraction, "seed": seed}}
-    if (out_dir / MANIFEST).is_file():
-        raise RetaError(f"{out_dir} already holds a finished distilled set; choose another --out")
-    if (out_dir / RUN_RECORD).is_file():
-        previous = io.read_json(out_dir / RUN_RECORD)
-        if {k: previous.get(k) for k in record} != io.to_jsonable(record):
-            raise RetaError(f"{out_dir} holds an unfinished run with other settings; rerun the same command to "
-                            f"resume it, or choose another --out")
-    elif rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        io.write_json(out_dir / RUN_RECORD, {**record, "versions": io.versions()})
-    started = time.time()
     run = Recover(fit, teachers, cfg, out_dir, dev, cache_dir=cache_dir, progress=progress)
+    if rank == 0:
+        outdir.claim(out_dir, "distilled", inputs=[*inputs, *(t.path for t in teachers)], overwrite=overwrite,
+                     run_record=io.to_jsonable(record))
+    if barrier:
+        barrier()
+    started = time.time()
     # Every rank reads the ledger before the barrier, i.e. before any rank can add to it, so all
     # ranks deal the same pending groups.
     done = done_groups(out_dir, len(run.groups()))

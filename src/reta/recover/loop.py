@@ -1,25 +1,27 @@
-"""THE recover loop (SRe2L / FADRM / RETA), restated from method-reference §2.3.
+"""THE recover loop (SRe2L / FADRM and everything built on them), restated from method-reference §2.3.
 
-    x <- init (normalised) resized to D_1
+    x <- the method's initial images (normalised) resized to D_1
     for stage s: fresh Adam(betas 0.5, 0.9); per global step t: lr = cosine over the whole budget,
         view = same RandomResizedCrop(D_s) + flip for the batch, roll by U{0..jitter}^2,
-        loss = CE + r_bn * BN-matching (+ lambda_topo * PTA), step, clamp to the pixel box
-    after every stage but the last: x <- alpha*resize(x) + (1-alpha)*resize(anchor)
-        anchor = the fixed init patch (FADRM) or the DRC retrieval (RETA)
+        loss = CE + r_bn * BN-matching + the method's terms, step, clamp to the pixel box
+    after every stage but the last: x <- alpha*resize(x) + (1-alpha)*resize(the method's anchor)
 
-Work is split into groups of slots (class, ipc index) that are optimised together: class-mixed
-(SRe2L/FADRM: one image per class per batch) or per-class (all ipc images of a few classes,
-which PTA needs). Each group draws its randomness from its own generator seeded by
-(run seed, group key), so the output does not depend on the number of processes, the order of
-groups, or interruptions: groups are assigned round-robin to torchrun ranks, written atomically
-with a ledger entry, and skipped when already done.
+The method (a registered strategy, see strategy.py) decides only where images start, what a
+connection injects and which terms are added; this file knows no method by name.
+
+Work is split into groups of slots (class, ipc index) optimised together: class-mixed
+(SRe2L/FADRM: one image per class per batch) or per-class (all ipc images of a few classes).
+Each group draws its randomness from its own generator seeded by (run seed, group key), so the
+output does not depend on the number of processes, the order of groups, or interruptions:
+groups are dealt round-robin to torchrun ranks, written atomically with a ledger entry, and
+skipped when already done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -27,35 +29,38 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from reta import io
+from reta import io, outdir
 from reta.config import RecoverConfig
-from reta.data.augment import crop_resize, rrc_boxes
+from reta.data.augment import crop_resize, resample, rrc_boxes
 from reta.data.dataset import ImageSet
 from reta.distilled import image_path, to_uint8, write_manifest, write_png
 from reta.errors import RetaError
 from reta.losses.bn import BNStatHooks
-from reta.recover.anchors import FixedAnchors, RetrievalAnchors, mix
-from reta.recover.init import noise_images, rded_images, real_images
-from reta.recover.pta import TopologyAlignment
-from reta.retrieval.pool import Pool, resample
-from reta.retrieval.score import shared_anchor_fraction
+from reta.recover.strategy import METHODS, Context, Group, Method, Step
 from reta.runtime import autocast, autocast_dtype, derive_seed, peak_memory_mb
 from reta.teacher import Teacher, cosine_lr
 
 LEDGER = "progress"
 INIT_DIR = "init"  # initial images per class while a run is unfinished
-RUN_RECORD = "run.json"
 # On a GPU the loss is checked for NaN/inf every this many steps (and at the end of each stage),
 # so the step loop never waits for the device; on the CPU a check costs nothing and runs every step.
 FINITE_CHECK_EVERY = 50
+GREY_SAMPLE = 512  # training images inspected to decide whether a dataset is grey
 
 
 def finite_check_every(dev: torch.device) -> int:
     return 1 if dev.type == "cpu" else FINITE_CHECK_EVERY
+
+
+def default_jitter(size: int) -> int:
+    """The field's roll bound by resolution: 4 px at 32-64 px (CIFAR, Tiny), 32 px at >= 128 px
+    (ImageNet, Nette, Woof); below 32 px an eighth of the side, so 16 px digits roll by 2."""
+    if size >= 128:
+        return 32
+    return 4 if size >= 32 else max(1, size // 8)
 
 
 def stage_plan(cfg: RecoverConfig, native: int) -> tuple[list[int], list[int]]:
@@ -69,8 +74,8 @@ def stage_plan(cfg: RecoverConfig, native: int) -> tuple[list[int], list[int]]:
         raise RetaError(f"stage_sizes has {len(sizes)} entries but stage_budgets {len(budgets)}; give one per stage")
     if sizes[-1] != native:
         raise RetaError(f"stage_sizes must end at the dataset's size {native} (got {sizes[-1]}): the last stage makes the final image")
-    if any(b < 0 for b in budgets) or sum(budgets) == 0:
-        raise RetaError(f"stage budgets {budgets}: need non-negative steps and at least one in total")
+    if sum(budgets) == 0:
+        raise RetaError(f"stage budgets {budgets}: need at least one step in total")
     return sizes, budgets
 
 
@@ -79,11 +84,9 @@ def plan_groups(num_classes: int, ipc: int, batch_size: int, composition: str) -
     if composition == "class-mixed":
         return [np.array([c * ipc + i for c in range(s, min(s + batch_size, num_classes))])
                 for i in range(ipc) for s in range(0, num_classes, batch_size)]
-    if composition == "per-class":
-        per = max(1, batch_size // ipc)
-        return [np.array([c * ipc + i for c in range(s, min(s + per, num_classes)) for i in range(ipc)])
-                for s in range(0, num_classes, per)]
-    raise RetaError(f"batch_composition={composition!r}: use class-mixed or per-class")
+    per = max(1, batch_size // ipc)
+    return [np.array([c * ipc + i for c in range(s, min(s + per, num_classes)) for i in range(ipc)])
+            for s in range(0, num_classes, per)]
 
 
 def roll(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
@@ -100,7 +103,7 @@ def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return t.to(dev)
 
 
-def augment_view(x: torch.Tensor, size: int, cfg: RecoverConfig, gen: torch.Generator) -> torch.Tensor:
+def augment_view(x: torch.Tensor, size: int, cfg: RecoverConfig, jitter: int, gen: torch.Generator) -> torch.Tensor:
     """One crop box and one flip for the whole batch (as SRe2L/FADRM), then a circular roll.
 
     Every draw comes from the CPU generator `gen`; nothing here waits for the device.
@@ -113,44 +116,96 @@ def augment_view(x: torch.Tensor, size: int, cfg: RecoverConfig, gen: torch.Gene
     if cfg.flip:
         flip = torch.rand(1, generator=gen) < 0.5  # CPU tensor: bool() is free
         if bool(flip):
-            x = x.flip(-1)  # same values as apply_flips with an all-true mask
-    return roll(x, cfg.jitter, gen)
+            x = x.flip(-1)
+    return roll(x, jitter, gen)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """FADRM's bilinear resize at a connection (align_corners=False, no antialias); identity at the same size."""
+    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def mix(x: torch.Tensor, anchor: torch.Tensor, alpha: float, size: int) -> torch.Tensor:
+    """FADRM's residual connection in normalised space: alpha*resize(x) + (1-alpha)*resize(anchor)."""
+    return alpha * resize(x, size) + (1 - alpha) * resize(anchor, size)
+
+
+def is_grey(train: ImageSet, seed: int) -> bool:
+    """True if every inspected training image has R = G = B (a seeded sample of GREY_SAMPLE)."""
+    n = len(train)
+    rng = np.random.default_rng(derive_seed(seed, "grey") % (2**32))
+    idx = np.sort(rng.choice(n, size=min(n, GREY_SAMPLE), replace=False))
+    x = train.load(idx)
+    return bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+
+
+class PixelBox:
+    """The feasible set of normalised images: pixels in [0,1], and R = G = B for grey datasets."""
+
+    def __init__(self, info, tied: bool, dev: torch.device):
+        self.low, self.high = info.pixel_bounds(dev)
+        self.mean = torch.tensor(info.mean, device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(info.std, device=dev).view(1, 3, 1, 1)
+        self.tied = tied
+
+    @torch.no_grad()
+    def tie(self, x: torch.Tensor) -> torch.Tensor:
+        """For grey data, every channel set to the channel mean in pixel space; otherwise x itself."""
+        if not self.tied:
+            return x
+        grey = (x * self.std + self.mean).mean(dim=1, keepdim=True)
+        return (grey - self.mean) / self.std
+
+    @torch.no_grad()
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The nearest feasible image per pixel: clamp to [0,1] pixels, then tie grey channels."""
+        return self.tie(torch.maximum(torch.minimum(x, self.high), self.low))
+
+
+def _sum_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([t.float() for t in terms.values()]).sum()
 
 
 class Recover:
-    """Holds what every group needs: teachers and their hooks, init source, anchors, PTA."""
+    """Holds what every group needs: teachers and their hooks, the method, the initial images."""
 
     def __init__(self, train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_dir: Path,
                  dev: torch.device, cache_dir: Path | None = None, progress: bool = True):
         self.train, self.cfg, self.out, self.dev, self.progress = train, cfg, Path(out_dir), dev, progress
         self.info = train.info
-        self.teachers = [t.model.to(dev) for t in teachers]
         self.teacher_hashes = [t.weights_hash for t in teachers]
         self.dtype = autocast_dtype(cfg.precision, dev)
+        self.teachers = [t.model.to(dev) for t in teachers]
         if cfg.channels_last:
             # On a copy: converting the caller's teacher in place would change the kernels (and so
             # the last bits of every later result, e.g. its soft labels) of whatever runs next.
             self.teachers = [copy.deepcopy(m).to(memory_format=torch.channels_last) for m in self.teachers]
         self._compiled = self._compile_teachers() if cfg.compile else {}
         self.sizes, self.budgets = stage_plan(cfg, self.info.image_size)
-        self.total_steps = sum(self.budgets) if cfg.iterations else 0
+        self.jitter = cfg.jitter if cfg.jitter >= 0 else default_jitter(self.info.image_size)
+        self.tied = is_grey(train, cfg.seed)
+        self.box = PixelBox(self.info, self.tied, dev)
         self.timer = io.Timer()
-        self._setup_seconds = 0.0  # shared files and this rank's caches/references, before its first group
+        self._setup_seconds = 0.0  # shared files and this rank's per-class caches, before its first group
+        ctx = Context(train, self.teachers, self.teacher_hashes, cfg, dev, self.dtype, self.sizes, cache_dir,
+                      self.init_of, self._hooks_paused)
+        self.method: Method = METHODS.get(cfg.method).build(ctx)
+        self.total_steps = sum(self.budgets) if self.method.optimises else 0
         self.hooks = [BNStatHooks(m) for m in self.teachers] if self.total_steps else []
         if self.total_steps and any(not h.layers for h in self.hooks):
-            raise RetaError("a teacher has no BatchNorm layers; BN-matching methods need a BN teacher (e.g. convnet3, resnet18)")
-        self.pool = None
-        if cfg.drc.enabled or cfg.pta.enabled:
-            self.pool = Pool(train, self.teachers[0], self.teacher_hashes[0], sorted(set(self.sizes) | {self.info.image_size}),
-                             cfg.drc.pool_per_class, cfg.seed, dev, cache_dir, cfg.drc.feature_batch)
-        if cfg.drc.enabled and cfg.drc.distinct and cfg.batch_composition != "per-class":
-            raise RetaError("drc.distinct=true needs batch_composition=per-class (a class's images must be in one group)")
-        self.anchors = (RetrievalAnchors(cfg.drc, self.pool, self.teachers[0]) if cfg.drc.enabled
-                        else FixedAnchors(self.init_of))
-        self.pta = None
-        if cfg.pta.enabled and cfg.pta.weight > 0 and self.total_steps:
-            self.pta = TopologyAlignment(cfg.pta, cfg.ipc, lambda c: self.pool.get(c)[f"z{self.info.image_size}"],
-                                         self.teachers[0], cfg.seed, dev, self.dtype)
+            raise RetaError(f"a teacher has no BatchNorm layers; --method {cfg.method} matches BN statistics and "
+                            f"needs a BN teacher (e.g. convnet3, resnet18)")
+        self.components = [c for c in (self.method.anchor, *self.method.terms) if c is not None]
+
+    @contextlib.contextmanager
+    def _hooks_paused(self):
+        for h in self.hooks:
+            h.enabled = False
+        try:
+            yield
+        finally:
+            for h in self.hooks:
+                h.enabled = True
 
     # -- teacher forward (optionally compiled) ------------------------------------------------
     def _compile_teachers(self) -> dict[int, object]:
@@ -167,14 +222,13 @@ class Recover:
 
     @staticmethod
     def _eager_forward(model: torch.nn.Module):
-        def forward(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            feats = model.features(view)
-            return feats, model.head(feats)
+        def forward(view: torch.Tensor) -> torch.Tensor:
+            return model.head(model.features(view))
 
         return forward
 
-    def teacher_forward(self, which: int, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, logits) of teacher `which`; its BN hooks record the view's statistics either way."""
+    def logits(self, which: int, view: torch.Tensor) -> torch.Tensor:
+        """Logits of teacher `which`; its BN hooks record the view's statistics either way."""
         fn = self._compiled.get(which)
         if fn is not None:
             try:
@@ -193,38 +247,32 @@ class Recover:
         finite = torch.isfinite(seg)
         if not bool(finite.all()):
             i = int((~finite).nonzero()[0])
-            cfg = self.cfg
             raise RetaError(f"recover: non-finite loss ({seg[i].item()}) at stage {stage + 1} step {start + i}; "
-                            f"lower --set lr={cfg.lr} or r_bn={cfg.r_bn}")
+                            f"lower --set lr={self.cfg.lr} or r_bn={self.cfg.r_bn}")
 
     # -- initial images ---------------------------------------------------------------------
     def _init_path(self, c: int) -> Path:
         return self.out / INIT_DIR / f"class_{c:05d}.safetensors"
-
-    def _compute_init(self, c: int) -> torch.Tensor:
-        cfg = self.cfg
-        if cfg.init == "noise":
-            return noise_images(self.info, c, cfg.ipc, cfg.seed)
-        if cfg.init == "real":
-            return real_images(self.train, c, cfg.ipc, cfg.seed)
-        if cfg.init == "rded":
-            return rded_images(self.train, self.teachers[0], c, cfg.ipc, cfg.seed, cfg.rded_candidates, cfg.rded_crops,
-                               cfg.rded_factor, self.dev, self.dtype).cpu()
-        raise RetaError(f"init={cfg.init!r}: use noise, real or rded")
 
     def ensure_init(self, c: int) -> Path:
         """Normalised (ipc,3,S,S) initial images of class c, written once to OUT/init/.
 
         On disk rather than in RAM: class-mixed groups touch every class, and all classes' initial
         images of ImageNet-1K at IPC 50 would take ~30 GB per process. Reads take single slots
-        (memory-mapped), a resumed run reuses the files, and the folder is removed when the set
-        is finished.
+        (memory-mapped), a resumed run reuses the files (a truncated one is rebuilt), and the
+        folder is removed when the set is finished.
         """
         path = self._init_path(c)
-        if not path.is_file():
-            x = self._compute_init(c).float().contiguous()
-            with io.atomic_path(path) as tmp:
-                save_file({"x": x}, str(tmp))
+        if path.is_file():
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    if tuple(fh.get_slice("x").get_shape()) == (self.cfg.ipc, 3, self.info.image_size, self.info.image_size):
+                        return path
+            except Exception:  # noqa: BLE001 - a file cut short by a kill: rebuild it (it is ours and deterministic)
+                pass
+        x = self.box.tie(self.method.init_images(c).float().to(self.dev)).cpu().contiguous()
+        with io.atomic_path(path) as tmp:
+            save_file({"x": x}, str(tmp))
         return path
 
     def init_of(self, flat_idx: np.ndarray) -> torch.Tensor:
@@ -239,57 +287,48 @@ class Recover:
         return torch.cat(rows).to(self.dev)
 
     # -- one group ----------------------------------------------------------------------------
-    def run_group(self, key: int, flat_idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+    def run_group(self, key: int, flat_idx: np.ndarray, bar=None) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        labels = torch.as_tensor(flat_idx // cfg.ipc, device=self.dev)
-        x = resample(self.init_of(flat_idx), self.sizes[0]) if self.sizes[0] != self.info.image_size else self.init_of(flat_idx)
-        x = x.clone()
+        group = Group(key, flat_idx, torch.as_tensor(flat_idx // cfg.ipc, device=self.dev))
+        x = resample(self.init_of(flat_idx), self.sizes[0]).clone()
+        records: dict[str, list] = {c.name: [] for c in self.components}
         if not self.total_steps:
-            return x, {"stages": []}
+            return x, {"stages": [], **records}
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "group", key))
-        low, high = self.info.pixel_bounds(self.dev)
-        if self.pta is not None:
-            with self.timer("pta"):
-                self.pta.begin_group(labels, self._other_slot_features(flat_idx))
+        for term in self.method.terms:
+            with self.timer(term.name):
+                term.begin_group(group)
         # fp16 gradients underflow without loss scaling (bf16 and fp32 need none). With the fused
         # CUDA Adam the scaler's inf check stays on the device (no host sync per step).
-        scaled = self.dtype is torch.float16 and self.dev.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=scaled)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16 and self.dev.type == "cuda")
         adam_kwargs = {"fused": True} if self.dev.type == "cuda" else {}
         check_every = finite_check_every(self.dev)
-        stages, step = [], 0
+        stages, grad_ratio, t = [], None, 0
         for s, (size, budget) in enumerate(zip(self.sizes, self.budgets)):
             x = x.detach().requires_grad_(True)
             opt = torch.optim.Adam([x], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **adam_kwargs)
-            # Per-stage sums stay on the device (float64, summed in step order like Python floats);
-            # they are read once per stage. The PTA value is a host float computed at its refreshes.
-            ce_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
-            bn_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
-            topo_sum = 0.0
+            # Per-stage sums stay on the device (float64, summed in step order); read once per stage.
+            sums: dict[str, torch.Tensor] = {}
             losses = torch.empty(budget, device=self.dev)  # step losses, for the non-finite check
             checked = 0
             for local in range(budget):
-                t = sum(self.budgets[:s]) + local
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
+                for pg in opt.param_groups:
+                    pg["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
                 which = t % len(self.teachers)
-                view = augment_view(x, size, cfg, gen)
+                view = augment_view(x, size, cfg, self.jitter, gen)
                 if cfg.channels_last:
                     view = view.contiguous(memory_format=torch.channels_last)
                 with autocast(self.dtype, self.dev):
-                    feats, logits = self.teacher_forward(which, view)
-                ce = F.cross_entropy(logits.float(), labels)
-                bn = self.hooks[which].loss(cfg.first_bn_multiplier)
-                loss = ce + cfg.r_bn * bn
-                if self.pta is not None:
-                    with self.timer("pta"):
-                        if which != 0:
-                            with autocast(self.dtype, self.dev):
-                                self.hooks[0].enabled = False
-                                feats = self.teachers[0].features(view)
-                                self.hooks[0].enabled = True
-                        loss = loss + self.pta.term(step, x, feats)
-                        topo_sum += self.pta.last_value
+                    logits = self.logits(which, view)
+                terms = {"ce": F.cross_entropy(logits.float(), group.labels),
+                         "bn": cfg.r_bn * self.hooks[which].loss(cfg.first_bn_multiplier)}
+                step = Step(stage=s, size=size, local=local, steps_in_stage=budget)
+                for term in self.method.terms:
+                    with self.timer(term.name):
+                        terms[term.name] = term.value(group, step, x)
+                loss = _sum_terms(terms)
+                if grad_ratio is None:
+                    grad_ratio = self._grad_ratio(terms, x)
                 losses[local] = loss.detach()
                 if local + 1 - checked >= check_every:
                     self._check_finite(losses, checked, local + 1, s)
@@ -298,40 +337,40 @@ class Recover:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
-                with torch.no_grad():
-                    x.data = torch.maximum(torch.minimum(x.data, high), low)
-                ce_sum += ce.detach().double()
-                bn_sum += bn.detach().double()
-                step += 1
-                if self._bar is not None:
-                    self._bar.update(1)
+                x.data = self.box.project(x.data)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().double()
+                t += 1
+                if bar is not None:
+                    bar.update(1)
             self._check_finite(losses, checked, budget, s)
-            sums = {"ce": float(ce_sum), "bn": float(bn_sum), "topo": topo_sum}
-            stages.append({"size": size, "steps": budget, **{k: v / max(1, budget) for k, v in sums.items()},
-                           "final_ce": float(ce.detach()) if budget else None,
-                           "final_bn": float(bn.detach()) if budget else None})
+            stages.append({"size": size, "steps": budget, **{k: float(v) / max(1, budget) for k, v in sums.items()},
+                           **{f"final_{k}": float(v.detach()) for k, v in terms.items()}} if budget else
+                          {"size": size, "steps": 0})
             if s < len(self.sizes) - 1:
                 with torch.no_grad():
-                    x = x.detach()
-                    with self.timer("drc" if self.cfg.drc.enabled else "anchors"):
-                        anchor = self.anchors.anchors(flat_idx, labels, x, s + 1, self.sizes[s + 1])
-                    x = mix(x, anchor, cfg.alpha, self.sizes[s + 1])
-        return x.detach(), {"stages": stages}
+                    x = resize(x.detach(), self.sizes[s + 1])
+                    anchor = self.method.anchor
+                    if anchor is not None:
+                        with self.timer(anchor.name):
+                            images, chosen = anchor.images(group, s + 1, x)
+                        records[anchor.name].extend(chosen)
+                        x = mix(x, images, cfg.alpha, self.sizes[s + 1])
+        for term in self.method.terms:
+            records[term.name] = term.end_group(group)
+        return x.detach(), {"stages": stages, "grad_ratio": grad_ratio, **records}
 
-    def _other_slot_features(self, flat_idx: np.ndarray) -> dict[int, torch.Tensor]:
-        """Clean features of each class's slots outside this group, at their initial state.
-
-        Using the initial state (not whatever another group has reached) keeps every group's
-        result independent of processing order and of the number of ranks.
-        """
-        ipc = self.cfg.ipc
-        inside = set(flat_idx.tolist())
+    @staticmethod
+    def _grad_ratio(terms: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, float]:
+        """||d term / dx|| / ||d (CE + r_bn BN) / dx|| for every extra term, at the group's first step."""
+        extra = {k: v for k, v in terms.items() if k not in ("ce", "bn")}
+        if not extra:
+            return {}
+        base = torch.autograd.grad(terms["ce"] + terms["bn"], x, retain_graph=True)[0].norm()
         out = {}
-        for c in sorted(set((flat_idx // ipc).tolist())):
-            rest = [c * ipc + i for i in range(ipc) if c * ipc + i not in inside]
-            if rest:
-                x = self.init_of(np.array(rest))
-                out[c] = self.pta.clean_features(resample(x, self.sizes[0]))
+        for name, value in extra.items():
+            g = torch.autograd.grad(value, x, retain_graph=True, allow_unused=True)[0]
+            out[name] = float(g.norm() / base.clamp_min(1e-30)) if g is not None else 0.0
         return out
 
     def classes_of(self, group_ids: list[int]) -> list[int]:
@@ -340,33 +379,35 @@ class Recover:
         return sorted({int(c) for g in group_ids for c in groups[g] // self.cfg.ipc})
 
     def prepare_shared(self, pending: list[int], rank: int = 0, world: int = 1) -> None:
-        """Write the per-class files every rank reads: initial images and, for DRC/PTA, the pool
-        cache. Class c of those the pending groups touch is built by rank c's turn in the sorted
-        list, so each is built once, by one rank; follow with a barrier. Its seconds are setup."""
+        """Write the per-class files every rank reads (initial images, the components' caches).
+        Class c of those the pending groups touch is built by rank c's turn in the sorted list, so
+        each is built once, by one rank; follow with a barrier. Its seconds are setup."""
         t0 = time.time()
         for c in self.classes_of(pending)[rank::world]:
             self.ensure_init(c)
-            if self.pool is not None:
-                self.pool.get(c)
+            for component in self.components:
+                component.prepare_class(c)
         self._setup_seconds += time.time() - t0
 
     def prepare_classes(self, classes: list[int]) -> None:
-        """Load this rank's pool caches and PTA references before its first group.
-
-        Done up front so the DRC and PTA timers measure only their per-connection and per-step
-        cost; the setup is reported separately (it is amortised over all images of a class).
-        """
+        """Load this rank's per-class caches before its first group, so component timers measure
+        only their per-connection and per-step cost (setup is amortised over a class's images)."""
         t0 = time.time()
         for c in classes:
-            if self.pool is not None:
-                self.pool.get(c)
-            if self.pta is not None:
-                self.pta.reference(c)
+            for component in self.components:
+                component.prepare_class(c)
         self._setup_seconds += time.time() - t0
 
     # -- whole run ----------------------------------------------------------------------------
     def groups(self) -> list[np.ndarray]:
         return plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
+
+    def write_images(self, x: torch.Tensor, flat_idx: np.ndarray) -> None:
+        x01 = self.info.denormalise(x.float())
+        if self.tied:  # exact R = G = B in the PNG, whatever the per-channel normalisation
+            x01 = x01.mean(dim=1, keepdim=True).expand_as(x01)
+        for f, img in zip(flat_idx, to_uint8(x01).cpu()):
+            write_png(image_path(self.out, int(f) // self.cfg.ipc, int(f) % self.cfg.ipc, self.info.num_classes), img)
 
     def run(self, rank: int = 0, world: int = 1, done: set[int] | None = None) -> dict:
         """Recover this rank's share of the groups not yet in the ledger.
@@ -382,32 +423,24 @@ class Recover:
         done = done_groups(self.out, len(groups)) if done is None else done
         pending = [g for g in range(len(groups)) if g not in done]
         mine = [(g, groups[g]) for g in pending[rank::world]]
-        skipped = len(groups) - len(pending)
         t0 = time.time()
         self.prepare_classes(self.classes_of([g for g, _ in mine]))
-        self._bar = tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
-                         disable=not self.progress or not self.total_steps or not mine)
-        for g, idx in mine:
-            before_timer, before_records = dict(self.timer.totals), len(getattr(self.anchors, "records", []))
-            t_group = time.time()
-            x, record = self.run_group(g, idx)
-            record["timings"] = {k: v - before_timer.get(k, 0.0) for k, v in self.timer.totals.items()}
-            record["drc"] = self.anchors.records[before_records:] if self.cfg.drc.enabled else []
-            images = to_uint8(self.info.denormalise(x.float())).cpu()
-            for f, img in zip(idx, images):
-                write_png(image_path(self.out, int(f) // self.cfg.ipc, int(f) % self.cfg.ipc, self.info.num_classes), img)
-            record.update(group=g, slots=idx.tolist(), seconds=time.time() - t_group)
-            io.write_json(ledger_path(self.out, g), record)
-            if not self.total_steps and self.progress:
-                print(f"  group {g + 1}/{len(groups)} selected", flush=True)
-        self._bar.close()
+        with tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
+                  disable=not self.progress or not self.total_steps or not mine) as bar:
+            for g, idx in mine:
+                before = dict(self.timer.totals)
+                t_group = time.time()
+                x, record = self.run_group(g, idx, bar)
+                record["timings"] = {k: v - before.get(k, 0.0) for k, v in self.timer.totals.items()}
+                self.write_images(x, idx)
+                record.update(group=g, slots=idx.tolist(), seconds=time.time() - t_group)
+                io.write_json(ledger_path(self.out, g), record)
+                if not self.total_steps and self.progress:
+                    print(f"  group {g + 1}/{len(groups)} selected", flush=True)
         for h in self.hooks:
             h.remove()
-        return {"groups": len(groups), "done_here": len(mine), "resumed": skipped, "seconds": time.time() - t0,
-                "setup_seconds": self._setup_seconds,
-                "peak_memory_mb": peak_memory_mb(self.dev)}
-
-    _bar = None
+        return {"groups": len(groups), "done_here": len(mine), "resumed": len(groups) - len(pending),
+                "seconds": time.time() - t0, "setup_seconds": self._setup_seconds, "peak_memory_mb": peak_memory_mb(self.dev)}
 
 
 def ledger_path(out_dir: Path, group: int) -> Path:
@@ -422,11 +455,11 @@ def done_groups(out_dir: Path, num_groups: int) -> set[int]:
 def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: float, extra: dict) -> dict:
     """Collect the ledger entries of all groups (any rank, any earlier attempt) into manifest.json.
 
-    Written last: its presence marks the distilled set complete.
+    Written last: its presence marks the distilled set complete. Only files of the distilled
+    kind are removed afterwards (the initial images, stale temporaries): never the user's.
     """
     cfg, info = recover.cfg, recover.info
     ledger = [io.read_json(ledger_path(out_dir, g)) for g in range(len(recover.groups()))]
-    drc = [r for entry in ledger for r in entry.pop("drc", [])]
     timings: dict[str, float] = {}
     for entry in ledger:
         for k, v in entry.get("timings", {}).items():
@@ -434,29 +467,22 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
     n_images = info.num_classes * cfg.ipc
     compute = sum(entry["seconds"] for entry in ledger)
     setup = sum(s.get("setup_seconds", 0.0) for s in summaries)
+    ratios = [e["grad_ratio"] for e in ledger if e.get("grad_ratio")]
     manifest = {
-        "method": cfg.method, "config": dataclasses.asdict(cfg), "seeds": {"run": cfg.seed, "rule": "derive_seed(seed, 'group', g) per group; per class for init"},
+        "method": cfg.method, "config": dataclasses.asdict(cfg),
+        "seeds": {"run": cfg.seed, "rule": "derive_seed(seed, 'group', g) per group; per class for init"},
         "teacher_sha256": recover.teacher_hashes, "stage_sizes": recover.sizes, "stage_budgets": recover.budgets,
-        "groups": ledger, "timings": {"wall_seconds": seconds, "group_seconds": compute, "setup_seconds": setup,
+        "jitter": recover.jitter, "tied_channels": recover.tied,
+        "timings": {"wall_seconds": seconds, "group_seconds": compute, "setup_seconds": setup,
                     "seconds_per_image": (compute + setup) / n_images, **timings},
-        "drc_share": timings.get("drc", 0.0) / max(compute, 1e-9), "pta_share": timings.get("pta", 0.0) / max(compute, 1e-9),
-        "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries), "drc_selections": drc,
-        "shared_anchor_fraction": _shared_fraction(drc, cfg.ipc), "versions": io.versions(), **extra,
+        # Share of recover time per named component (anchor or term) of the method.
+        **{f"{c.name}_share": timings.get(c.name, 0.0) / max(compute, 1e-9) for c in recover.components},
+        "grad_ratio": {k: {"min": min(r[k] for r in ratios), "max": max(r[k] for r in ratios),
+                           "median": float(np.median([r[k] for r in ratios]))} for k in (ratios[0] if ratios else {})},
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries), "versions": io.versions(),
+        **recover.method.summary(ledger), "groups": ledger, **extra,
     }
     write_manifest(out_dir, info, cfg.ipc, manifest)
-    for stale in out_dir.rglob(".*.tmp"):  # temporaries of writes killed mid-way (every rank is past the barrier)
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(out_dir / INIT_DIR, ignore_errors=True)  # only needed while the set was unfinished
+    outdir.remove_temporaries(out_dir, "distilled")
+    outdir.remove_owned(out_dir, "distilled", [f"{INIT_DIR}/class_*.safetensors"])  # init/ goes only if left empty
     return manifest
-
-
-def _shared_fraction(records: list[dict], ipc: int) -> float | None:
-    if not records:
-        return None
-    fracs = []
-    by_key: dict[tuple[int, int], list[int]] = {}
-    for r in records:
-        by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
-    for picks in by_key.values():
-        fracs.append(shared_anchor_fraction(np.array(picks)))
-    return float(np.mean(fracs))

@@ -1,31 +1,45 @@
-"""Methods are presets of one recover loop (see loop.py), not forks of it.
+"""The methods before RETA, each a few lines over the one loop (see strategy.py).
 
-What differs between them is small: where images start (`init`), whether they are optimised
-at all (`iterations`), how many stages with residual connections (`num_stages`), which anchor a
-connection injects (fixed init patch vs DRC retrieval) and whether the PTA term is added.
-A preset only fills defaults: the user's YAML and --set values are applied on top.
+random and rded only select real images (no optimisation); sre2l optimises from noise in one
+stage; fadrm optimises from RDED patches in four stages with the init patch re-injected at each
+connection. DRC, PTA and RETA live in their own modules.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import torch
 
-from reta.registry import Registry
-
-METHODS: Registry[dict[str, Any]] = Registry("method")
-SELECTION_ONLY = {"random", "rded"}  # no optimisation: a user-given budget does not apply to them
-
-METHODS.register("random")({"init": "real", "iterations": 0, "num_stages": 1})
-METHODS.register("rded")({"init": "rded", "iterations": 0, "num_stages": 1})
-METHODS.register("sre2l")({"init": "noise", "num_stages": 1})
-METHODS.register("fadrm")({"init": "rded", "num_stages": 4})
-METHODS.register("drc")({"init": "rded", "num_stages": 4, "drc": {"enabled": True}})
-# PTA needs a class's images together in a step (resolution §5.10), hence per-class batches.
-METHODS.register("pta")({"init": "rded", "num_stages": 4, "batch_composition": "per-class", "pta": {"enabled": True}})
-METHODS.register("reta")({"init": "rded", "num_stages": 4, "batch_composition": "per-class",
-                          "drc": {"enabled": True}, "pta": {"enabled": True}})
+from reta.recover.init import noise_images, rded_images, real_images
+from reta.recover.strategy import Context, InitPatchAnchor, Method, register
 
 
-def preset(name: str) -> dict[str, Any]:
-    """The config defaults of a method, plus the method name itself."""
-    return {"method": name, **METHODS.get(name)}
+def initial_images(ctx: Context, c: int) -> torch.Tensor:
+    """Class c's (ipc,3,S,S) normalised starting images, from `init` (noise | real | rded)."""
+    cfg = ctx.cfg
+    if cfg.init == "noise":
+        return noise_images(ctx.info, c, cfg.ipc, cfg.seed)
+    if cfg.init == "real":
+        return real_images(ctx.train, c, cfg.ipc, cfg.seed)
+    return rded_images(ctx.train, ctx.teachers[0], c, cfg.ipc, cfg.seed, cfg.rded_candidates, cfg.rded_crops,
+                       cfg.rded_factor, ctx.dev, ctx.dtype).cpu()
+
+
+def fadrm_method(ctx: Context) -> Method:
+    return Method(init_images=lambda c: initial_images(ctx, c), anchor=InitPatchAnchor(ctx))
+
+
+@register("random", "a random real subset of each class (the baseline every method must beat)",
+          init="real", iterations=0, num_stages=1)
+@register("rded", "RDED: the real crops the teacher finds most typical, not optimised", init="rded", iterations=0,
+          num_stages=1)
+def selection(ctx: Context) -> Method:
+    return Method(init_images=lambda c: initial_images(ctx, c), optimises=False)
+
+
+@register("sre2l", "SRe2L: optimise noise to match the teacher's BN statistics and labels", init="noise", num_stages=1)
+def sre2l(ctx: Context) -> Method:
+    return Method(init_images=lambda c: initial_images(ctx, c))
+
+
+register("fadrm", "FADRM: SRe2L from RDED patches in 4 stages, re-injecting each init patch between stages",
+         init="rded", num_stages=4)(fadrm_method)

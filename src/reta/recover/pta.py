@@ -1,102 +1,138 @@
-"""Persistent Topology Alignment as a recover loss term (RETA §1.3; resolutions §5.7-5.10).
+"""Persistent Topology Alignment (RETA §1.3; docs/reta.md) as a loss term of the one loop.
 
-Per class c: the cloud is the class's ipc synthetic images in L2-normalised teacher feature
-space — the group's live images plus a detached cache of the class's other slots — compared,
-as H0/H1 persistence images, with a reference averaged over Q random real subsets of the same
-size (computed once per class). The per-class cutoff kappa_c is the largest real squared
-distance.
+Per class c the cloud is the class's ipc images in teacher feature space (Norm(phi) of the
+un-augmented image at the stage size): the group's live images plus the other slots of the class
+at their initial state (so a group's result does not depend on the order of groups or on the
+number of processes). Its topology signature is compared with a real reference of the same size
+at the same stage size.
 
-Live features (`pta.live_features`):
-* `view` (default): the cloud's values come from clean (un-augmented) features of the live
-  images, refreshed every T steps together with the pairing, the images and dL/dz; between
-  refreshes the gradient reaches the pixels through the features of the step's augmented view
-  from the main teacher pass (straight-through: value clean, Jacobian of the view). No extra
-  teacher pass per step: the cost is one forward every T steps.
-* `clean`: an extra un-augmented teacher forward/backward every step, values and gradients live.
+The gradient. Refreshing the exact pixel gradient costs a teacher forward and backward, so it is
+done at the start of every stage (i.e. after every injection) and every `refresh_every` steps
+within it: g = d L_topo / d x at x_r. In between, the term is the first-order model of the loss
+around x_r, L_r + <g, x - x_r>, whose gradient is g. At every refresh the cosine between the g
+applied on the previous step and the exact new g is recorded: that is how well the applied
+gradient follows the loss, measured where it is stalest.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from reta import topology
-from reta.config import PTAConfig
-from reta.runtime import autocast, derive_seed
+from reta.data.augment import resample
+from reta.recover.methods import fadrm_method
+from reta.recover.strategy import Context, Group, Method, Step, Term, register
+from reta.runtime import derive_seed
 
 
-class TopologyAlignment:
-    def __init__(self, cfg: PTAConfig, ipc: int, real_features, model: torch.nn.Module, seed: int,
-                 dev: torch.device, dtype=None):
-        """real_features(class_idx) -> (N,F) normalised real features of the class's pool."""
-        self.cfg = cfg
-        self.ipc = ipc
-        self.real_features = real_features
-        self.model = model
-        self.seed = seed
-        self.dev = dev
-        self.dtype = dtype
-        self._refs: dict[int, tuple[float, torch.Tensor, torch.Tensor]] = {}
-        self.last_value = 0.0
-        self.records: list[dict] = []  # per refresh: class-summed loss, infinite-bar shares
+class TopologyTerm(Term):
+    name = "pta"
 
-    def reference(self, class_idx: int) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """(kappa_c, mean PI0, mean PI1) of the class's real pool, computed once."""
-        if class_idx not in self._refs:
-            z = self.real_features(class_idx)
-            kappa = topology.class_cutoff(z)
-            g = torch.Generator().manual_seed(derive_seed(self.seed, "pta-ref", class_idx))
-            ref0, ref1 = topology.reference_images(z, min(self.ipc, len(z)), self.cfg.reference_subsets, self.cfg.k,
-                                                   kappa, self.cfg.grid, g, infinite=self.cfg.infinite_bars)
-            self._refs[class_idx] = (kappa, ref0.to(self.dev), ref1.to(self.dev))
-        return self._refs[class_idx]
+    def __init__(self, ctx: Context):
+        self.ctx, self.cfg = ctx, ctx.cfg.pta
+        self._refs: dict[tuple[int, int], topology.Reference] = {}
+        self._slot_features: dict[tuple[int, int], torch.Tensor] = {}
 
-    @torch.no_grad()
-    def clean_features(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.dtype, self.dev):
-            f = self.model.features(x)
-        return F.normalize(f.float(), dim=1)
+    # -- per-class setup ------------------------------------------------------------------
+    def reference(self, c: int, size: int) -> topology.Reference:
+        """Class c's real reference at stage size `size`, for clouds of ipc points (computed once)."""
+        if (c, size) not in self._refs:
+            z = self.ctx.pool.get(c)[f"z{size}"].to(self.ctx.dev)
+            g = torch.Generator().manual_seed(derive_seed(self.ctx.cfg.seed, "pta-ref", c, size))
+            cfg = self.cfg
+            self._refs[(c, size)] = topology.build_reference(
+                z, min(self.ctx.cfg.ipc, len(z)), cfg.reference_subsets, cfg.k, topology.class_cutoff(z), g,
+                cfg.distance, cfg.grid, cfg.infinite_bars, cfg.gamma)
+        return self._refs[(c, size)]
 
-    def begin_group(self, labels: torch.Tensor, others: dict[int, torch.Tensor]) -> None:
-        """labels (n,) of the live images; others[c] = detached features of class c's slots outside the group."""
-        self.labels = labels.cpu()
-        self.others = others
-        self.classes = [c for c in sorted(set(self.labels.tolist()))
-                        if int((self.labels == c).sum()) + len(others.get(c, ())) >= self.cfg.min_points]
+    def slot_features(self, c: int, size: int) -> torch.Tensor:
+        """(ipc, F) features of every slot of class c at its initial state, at `size` (computed once)."""
+        if (c, size) not in self._slot_features:
+            ipc = self.ctx.cfg.ipc
+            with torch.no_grad():
+                x = resample(self.ctx.init_of(np.arange(c * ipc, (c + 1) * ipc)), size)
+                self._slot_features[(c, size)] = self.ctx.features(x)
+        return self._slot_features[(c, size)]
+
+    def prepare_class(self, c: int) -> None:
+        for size in sorted(set(self.ctx.sizes)):
+            self.reference(c, size)
+            self.slot_features(c, size)
+
+    # -- per group ------------------------------------------------------------------------
+    def begin_group(self, group: Group) -> None:
+        ipc = self.ctx.cfg.ipc
+        self.classes = [c for c in np.unique(group.classes).tolist() if ipc >= self.cfg.min_points]
+        self.refreshes: list[dict] = []
         self.grad = None
 
-    def loss(self, z_live: torch.Tensor) -> torch.Tensor:
-        """Class-summed (or averaged) PI loss for live features z_live (n,F), differentiable."""
+    def loss(self, z_live: torch.Tensor, group: Group, size: int) -> torch.Tensor:
+        """The (normalised, reduced) topology loss of every class's cloud, differentiable in z_live."""
+        ipc, cfg = self.ctx.cfg.ipc, self.cfg
         total = z_live.new_zeros(())
         for c in self.classes:
-            cloud = torch.cat([z_live[self.labels.to(z_live.device) == c], self.others.get(c, z_live[:0]).to(z_live)])
-            kappa, ref0, ref1 = self.reference(c)
-            pi0, pi1 = topology.class_topology_terms(cloud, kappa, self.cfg.k, self.cfg.grid, self.cfg.infinite_bars)
-            total = total + topology.topology_loss(pi0, pi1, ref0, ref1, self.cfg.gamma)
-        if self.cfg.class_reduction == "mean" and self.classes:
+            rows = np.flatnonzero(group.classes == c)
+            live_slots = set((group.slots[rows] % ipc).tolist())
+            others = [i for i in range(ipc) if i not in live_slots]
+            cloud = torch.cat([z_live[torch.as_tensor(rows, device=z_live.device)],
+                               self.slot_features(c, size)[others].to(z_live)])
+            ref = self.reference(c, size)
+            term = topology.signature_distance(
+                topology.signature(cloud, ref.kappa, cfg.k, cfg.distance, cfg.grid, cfg.infinite_bars),
+                ref.signature, cfg.gamma)
+            total = total + (term / ref.baseline if cfg.normalise else term)
+        if cfg.class_reduction == "mean" and self.classes:
             total = total / len(self.classes)
         return total
 
-    def refresh(self, x_live: torch.Tensor) -> None:
-        """View mode: recompute clean live features, the loss and dL/dz_live (every T steps)."""
-        z = self.clean_features(x_live.detach()).requires_grad_(True)
+    def refresh(self, group: Group, step: Step, x: torch.Tensor) -> None:
+        x_r = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            value = self.loss(z)
-            self.grad = torch.autograd.grad(value, z)[0] if value.requires_grad else torch.zeros_like(z)
-        self.last_value = float(value.detach())
+            value = self.loss(self.ctx.features(x_r), group, step.size)
+            grad = torch.autograd.grad(value, x_r)[0] if value.requires_grad else torch.zeros_like(x_r)
+        record = {"stage": step.stage, "step": step.local, "loss": float(value.detach())}
+        if self.grad is not None and step.local > 0:  # within a stage: same images, one step after the last applied g
+            record["cosine"] = float(F.cosine_similarity(self.grad.flatten(), grad.flatten(), dim=0))
+        self.refreshes.append(record)
+        self.x_r, self.value_r, self.grad = x_r.detach(), value.detach(), grad.detach()
 
-    def term(self, step_in_group: int, x_live: torch.Tensor, view_features: torch.Tensor) -> torch.Tensor:
-        """The PTA term to add to the step loss (already multiplied by lambda_topo)."""
+    def value(self, group: Group, step: Step, x: torch.Tensor) -> torch.Tensor:
         if not self.classes:
-            return view_features.new_zeros(())
-        if self.cfg.live_features == "clean":
-            with autocast(self.dtype, self.dev):
-                f = self.model.features(x_live)
-            value = self.loss(F.normalize(f.float(), dim=1))
-            self.last_value = float(value.detach())
-            return self.cfg.weight * value
-        if self.grad is None or step_in_group % self.cfg.refresh_every == 0:
-            self.refresh(x_live)
-        z_view = F.normalize(view_features.float(), dim=1)
-        # Surrogate whose gradient w.r.t. z_view is dL/dz at the refreshed clean features.
-        return self.cfg.weight * (self.grad * z_view).sum()
+            return x.new_zeros(())
+        if step.local % self.cfg.refresh_every == 0:
+            self.refresh(group, step, x)
+        return self.cfg.weight * (self.value_r + (self.grad * (x - self.x_r)).sum())
+
+    def end_group(self, group: Group) -> dict:
+        return {"refreshes": self.refreshes}
+
+
+def pta_summary(ledger: list[dict]) -> dict:
+    """How faithfully the applied PTA gradient followed its loss, over every refresh of every group."""
+    cosines = [r["cosine"] for e in ledger for r in (e.get("pta") or {}).get("refreshes", []) if "cosine" in r]
+    if not cosines:
+        return {"pta_gradient_cosine": None}
+    return {"pta_gradient_cosine": {"mean": float(np.mean(cosines)), "min": float(np.min(cosines)),
+                                    "median": float(np.median(cosines)), "refreshes": len(cosines)}}
+
+
+def with_topology(ctx: Context, method: Method) -> Method:
+    if ctx.cfg.pta.weight > 0:  # lambda_topo = 0 is FADRM exactly: no refresh passes at all
+        method.terms = (*method.terms, TopologyTerm(ctx))
+        previous = method.summary
+        method.summary = lambda ledger: {**previous(ledger), **pta_summary(ledger)}
+    return method
+
+
+# Held-out-chosen settings of RETA's two parts (docs/reta.md); pta and drc carry the same ones, so
+# the ablation changes one part at a time.
+PTA_DEFAULTS = {"distance": "sorted", "normalise": True, "class_reduction": "mean", "infinite_bars": "drop",
+                "weight": 0.5, "refresh_every": 10}
+
+
+@register("pta", "FADRM plus the topology-alignment loss (RETA's PTA alone)", init="rded", num_stages=4,
+          pta=PTA_DEFAULTS)
+def pta(ctx: Context) -> Method:
+    return with_topology(ctx, fadrm_method(ctx))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from reta import io
+from reta.data.augment import resample
 from reta.data.dataset import ImageSet
 from reta.retrieval.score import complexity
 from reta.runtime import derive_seed
@@ -25,14 +26,6 @@ from reta.runtime import derive_seed
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RETA_CACHE", Path.home() / ".cache" / "reta"))
-
-
-def resample(images01: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize (antialiased when shrinking); identity at the same size."""
-    if images01.shape[-1] == size and images01.shape[-2] == size:
-        return images01
-    return F.interpolate(images01, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=size < images01.shape[-1])
 
 
 @torch.no_grad()

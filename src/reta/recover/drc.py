@@ -1,0 +1,107 @@
+"""Dynamic Retrieval Connection (RETA §1.2; docs/reta.md): the anchor of a residual connection
+is retrieved from the class's real pool instead of being the slot's fixed init patch.
+
+At the connection into stage s, per synthetic image x (already resized to D_s): q = Norm(phi(x))
+at D_s, and the candidate minimising J = (1-lam)*fit + lam*complexity among the M best-fit pool
+images (fit = ||q - z||^2 against the pool's features at D_s, complexity at D_s).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reta.errors import RetaError
+from reta.recover.methods import fadrm_method
+from reta.recover.strategy import Anchor, Context, Group, Method, register
+from reta.retrieval.score import choose, shared_anchor_fraction, squared_fit
+from reta.runtime import derive_seed
+
+
+def centre(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Norm(f - mean): the direction of a feature away from its class's real mean."""
+    return F.normalize(features - mean, dim=1)
+
+
+def slot_partition(num_candidates: int, ipc: int, seed: int, class_idx: int) -> np.ndarray:
+    """(m,) the slot each pool candidate belongs to: a seeded, balanced split into ipc shares."""
+    order = np.random.default_rng(derive_seed(seed, "drc-partition", class_idx) % (2**32)).permutation(num_candidates)
+    owner = np.empty(num_candidates, dtype=np.int64)
+    owner[order] = np.arange(num_candidates) % ipc
+    return owner
+
+
+class RetrievalAnchor(Anchor):
+    name = "drc"
+
+    def __init__(self, ctx: Context):
+        self.ctx, self.cfg = ctx, ctx.cfg.drc
+        if self.cfg.distinct and ctx.cfg.batch_composition != "per-class":
+            raise RetaError("drc.distinct=true needs batch_composition=per-class (a class's images must be in one "
+                            "group); drc.partition=true gives distinct anchors in any layout")
+
+    def prepare_class(self, c: int) -> None:
+        self.ctx.pool.get(c)
+
+    @torch.no_grad()
+    def images(self, group: Group, stage: int, x_next: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        ctx, cfg = self.ctx, self.cfg
+        size, ipc = x_next.shape[-1], ctx.cfg.ipc
+        q = ctx.features(x_next)
+        out = torch.empty(len(x_next), 3, ctx.info.image_size, ctx.info.image_size, device=x_next.device)
+        records = []
+        for c in np.unique(group.classes).tolist():
+            rows = np.flatnonzero(group.classes == c)
+            data = ctx.pool.get(c)
+            z, comp = data[f"z{size}"].to(x_next.device), data[f"c{size}"].to(x_next.device)
+            qc = q[rows]
+            if cfg.features == "centred":
+                mean = z.mean(dim=0, keepdim=True)
+                qc, z = centre(qc, mean), centre(z, mean)
+            fit = squared_fit(qc, z)
+            picked = torch.empty(len(rows), dtype=torch.long)
+            score = torch.empty(len(rows))
+            if cfg.partition:
+                owner = slot_partition(len(z), ipc, ctx.cfg.seed, c)
+                for i, slot in enumerate(group.slots[rows] % ipc):
+                    share = torch.from_numpy(np.flatnonzero(owner == slot)).to(fit.device)
+                    p, s = choose(fit[i:i + 1, share], comp[share], cfg.lam, cfg.prefilter, False)
+                    picked[i], score[i] = share[p].cpu()[0], s[0].cpu()
+            else:
+                p, s = choose(fit, comp, cfg.lam, cfg.prefilter, cfg.distinct)
+                picked, score = p.cpu(), s.cpu()
+            out[rows] = ctx.info.normalise(ctx.pool.images(c, picked).to(x_next.device))
+            train_indices = ctx.pool.dataset_indices(c, picked)
+            for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
+                records.append({"stage": stage, "slot": int(group.slots[r]), "class": c, "pool_index": int(p),
+                                "train_index": int(train_indices[i]), "fit": float(fit[i, p]),
+                                "complexity": float(comp[p]), "J": float(score[i])})
+        return out, records
+
+
+def drc_summary(ledger: list[dict]) -> dict:
+    """Every selection, and how often images of a class share an anchor at one connection."""
+    selections = [r for entry in ledger for r in entry.get("drc") or []]
+    by_key: dict[tuple[int, int], list[int]] = {}
+    for r in selections:
+        by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
+    shared = [shared_anchor_fraction(np.array(v)) for v in by_key.values()]
+    return {"drc_selections": selections, "shared_anchor_fraction": float(np.mean(shared)) if shared else None}
+
+
+def with_retrieval(ctx: Context, method: Method) -> Method:
+    method.anchor = RetrievalAnchor(ctx)
+    previous = method.summary
+    method.summary = lambda ledger: {**previous(ledger), **drc_summary(ledger)}
+    return method
+
+
+# Held-out-chosen settings (docs/reta.md); reta uses the same ones.
+DRC_DEFAULTS = {"features": "centred"}
+
+
+@register("drc", "FADRM with every residual anchor retrieved from the real pool (RETA's DRC alone)",
+          init="rded", num_stages=4, drc=DRC_DEFAULTS)
+def drc(ctx: Context) -> Method:
+    return with_retrieval(ctx, fadrm_method(ctx))

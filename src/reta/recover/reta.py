@@ -1,0 +1,23 @@
+"""RETA = FADRM + DRC + PTA, with nothing else changed (same layout, budget and schedule).
+
+`reta` runs the settings chosen on held-out data (docs/reta.md); `reta-paper` the paper's
+literal ones (persistence images, class sum, lambda_topo = 0.5, infinite bars at 1, raw features
+for retrieval), kept as their own method so both appear in every table.
+"""
+
+from __future__ import annotations
+
+from reta.recover.drc import DRC_DEFAULTS, with_retrieval
+from reta.recover.methods import fadrm_method
+from reta.recover.pta import PTA_DEFAULTS, with_topology
+from reta.recover.strategy import Context, Method, register
+
+
+def reta_method(ctx: Context) -> Method:
+    return with_topology(ctx, with_retrieval(ctx, fadrm_method(ctx)))
+
+
+register("reta", "RETA: FADRM with retrieved anchors (DRC) and topology alignment (PTA), held-out-chosen settings",
+         init="rded", num_stages=4, drc=DRC_DEFAULTS, pta=PTA_DEFAULTS)(reta_method)
+register("reta-paper", "RETA with the paper's literal settings (persistence images, class sum, lambda_topo 0.5)",
+         init="rded", num_stages=4)(reta_method)

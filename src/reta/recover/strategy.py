@@ -1,0 +1,162 @@
+"""What a method is: where images start, what a residual connection injects, which terms it adds.
+
+The one recover loop (`loop.py`) knows no method. A method is a registered factory that returns
+a `Method` for a `Context` (the frozen teacher, the data and the config of one run):
+
+* `init_images(c)`: the (ipc,3,S,S) normalised initial images of class c;
+* `anchor`: the `Anchor` whose images a residual connection mixes in (None: no connections);
+* `terms`: `Term`s whose tensors the loop adds to CE + r_bn * BN at every step;
+* `summary(ledger)`: what the method adds to the manifest once all groups are done.
+
+Anchors and terms are components with a `name`: the loop times each under that name and keeps
+the records it returns per group. Adding a method with new behaviour is one module with its
+components and one `@register` (see `drc.py`, `pta.py`, `reta.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reta.config import RecoverConfig
+from reta.data.dataset import ImageSet
+from reta.registry import Registry
+from reta.runtime import autocast
+
+
+@dataclass(frozen=True)
+class Group:
+    """Slots optimised together: flat indices class*ipc + ipc_idx, their labels and classes."""
+
+    key: int
+    slots: np.ndarray
+    labels: torch.Tensor  # (n,) on the device
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.labels.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where the loop is, for components that act on a schedule."""
+
+    stage: int
+    size: int
+    local: int  # step within the stage
+    steps_in_stage: int
+
+
+class Context:
+    """The run's shared, read-only inputs, and the few derived resources components share."""
+
+    def __init__(self, train: ImageSet, teachers: list[torch.nn.Module], teacher_hashes: list[str], cfg: RecoverConfig,
+                 dev: torch.device, dtype, sizes: list[int], cache_dir, init_of: Callable[[np.ndarray], torch.Tensor],
+                 paused_hooks: Callable[[], contextlib.AbstractContextManager]):
+        self.train, self.info, self.cfg, self.dev, self.dtype = train, train.info, cfg, dev, dtype
+        self.teachers, self.teacher_hashes, self.sizes, self.cache_dir = teachers, teacher_hashes, sizes, cache_dir
+        self.init_of = init_of  # flat slots -> their initial images (normalised, native size)
+        self._paused_hooks = paused_hooks
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised penultimate features of the first teacher on un-augmented images.
+
+        BN-statistics hooks are paused, so this pass never enters the BN-matching term; gradients
+        flow when the caller has them enabled.
+        """
+        with self._paused_hooks(), autocast(self.dtype, self.dev):
+            f = self.teachers[0].features(x)
+        return F.normalize(f.float(), dim=1)
+
+    @functools.cached_property
+    def pool(self):
+        """The per-class real candidate pool with cached features at every stage size (built lazily)."""
+        from reta.retrieval.pool import Pool
+
+        return Pool(self.train, self.teachers[0], self.teacher_hashes[0], sorted(set(self.sizes) | {self.info.image_size}),
+                    self.cfg.drc.pool_per_class, self.cfg.seed, self.dev, self.cache_dir, self.cfg.drc.feature_batch)
+
+
+class Anchor:
+    """What a residual connection injects; `images` returns them at the next stage's size."""
+
+    name = "anchor"
+
+    def prepare_class(self, c: int) -> None:
+        """Per-class setup done before any group (so timings count only per-connection work)."""
+
+    def images(self, group: Group, stage: int, x_next: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """(anchors (n,3,D,D) for x_next (n,3,D,D) at the connection into `stage`, records)."""
+        raise NotImplementedError
+
+
+class Term:
+    """An extra loss term. `begin_group` is called once per group, `value` at every step."""
+
+    name = "term"
+
+    def prepare_class(self, c: int) -> None:
+        """Per-class setup done before any group."""
+
+    def begin_group(self, group: Group) -> None:
+        pass
+
+    def value(self, group: Group, step: Step, x: torch.Tensor) -> torch.Tensor:
+        """The weighted term for the live images x (the optimised tensor, at the stage size)."""
+        raise NotImplementedError
+
+    def end_group(self, group: Group) -> Any:
+        """Records of this group (JSON-able), kept in the ledger under the term's name."""
+        return None
+
+
+class InitPatchAnchor(Anchor):
+    """FADRM: every connection re-injects the slot's own initial real patch."""
+
+    name = "anchors"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def images(self, group: Group, stage: int, x_next: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        return self.ctx.init_of(group.slots), []
+
+
+@dataclass
+class Method:
+    init_images: Callable[[int], torch.Tensor]
+    anchor: Anchor | None = None
+    terms: tuple[Term, ...] = ()
+    optimises: bool = True  # False: a selection method (random, RDED) spends no steps
+    summary: Callable[[list[dict]], dict] = lambda ledger: {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    build: Callable[[Context], Method]
+    preset: dict[str, Any]
+    description: str
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register(name: str, description: str, **preset: Any):
+    """Register `build(ctx) -> Method` under `name` with its config preset (see methods.py)."""
+
+    def add(build: Callable[[Context], Method]) -> Callable[[Context], Method]:
+        METHODS.register(name)(MethodSpec(build, preset, description))
+        return build
+
+    return add
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The config defaults of a method, plus the method name itself."""
+    return {"method": name, **METHODS.get(name).preset}
