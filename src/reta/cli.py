@@ -104,10 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reta-demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
 
-    p = sub.add_parser("export-ddranking", help="copy a distilled set, teacher weights and a config for DD-Ranking")
+    p = sub.add_parser("export-ddranking", help="a folder DD-Ranking 0.2.0 scores as it is (docs/ddranking.md)")
+    _data_args(p)
     p.add_argument("--distilled", required=True)
     p.add_argument("--teacher", required=True)
+    p.add_argument("--student", default=None, help="student arch DD-Ranking trains (default: the protocol's)")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (DD-Ranking's num_epochs)")
+    p.add_argument("--seeds", type=int, default=None, help="evaluation rounds (DD-Ranking's num_eval)")
     p.add_argument("--out", required=True)
+    _overwrite_arg(p, "export")
+    _config_args(p)
 
     p = sub.add_parser("bench", parents=[common], help="benchmark every method under one protocol (BENCHMARKS.md)")
     p.add_argument("preset", help="a preset of configs/bench/presets.yaml, e.g. imagenette32-ipc10, cifar10-ipc10")
@@ -283,11 +289,19 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export_ddranking(args) -> int:
-    from reta import teacher
-    from reta.evaluate.ddranking import export
+    from reta import config, data, outdir, teacher
+    from reta.evaluate import ddranking
 
-    out = export(Path(args.distilled), teacher.load_teacher(args.teacher), Path(args.out))
-    print(f"DD-Ranking input -> {out} (images/, teacher.pth, config.yaml)")
+    base = {k: v for k, v in {"student": args.student, "epochs": args.epochs, "seeds": args.seeds}.items() if v is not None}
+    protocol = config.build(config.EvalProtocol, args.config, _flat(args.sets), base=base)
+    train, test = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
+    t = teacher.load_teacher(args.teacher, expect=train.info)
+    dd_config = ddranking.prepare(Path(args.distilled), t, protocol)
+    out = outdir.claim(Path(args.out), "ddranking", overwrite=args.overwrite,
+                       inputs=[*outdir.dataset_inputs(args.data, args.data_root), Path(args.distilled), Path(args.teacher)])
+    ddranking.export(Path(args.distilled), t, train, test, out, dd_config)
+    print(f"DD-Ranking {ddranking.DDRANKING_VERSION} input -> {out}; score it with "
+          f".venv-ddranking/bin/python {out}/run_ddranking.py")
     return 0
 
 
