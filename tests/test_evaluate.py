@@ -1,4 +1,4 @@
-"""Student evaluation: final-epoch headline, std convention, label modes, random subsets, DD-Ranking scores."""
+"""Student evaluation: final-epoch headline, std convention, label modes, DD-Ranking scores."""
 
 import dataclasses
 import math
@@ -11,7 +11,7 @@ from reta.config import EvalProtocol, RelabelConfig
 from reta.data.dataset import DatasetInfo, TensorImageSet
 from reta.errors import RetaError
 from reta.evaluate.metrics import ars, exp_normalise, hlr, ior, lrs
-from reta.evaluate.train import evaluate, mean_std, param_groups, random_subset, train_student
+from reta.evaluate.train import evaluate, mean_std, param_groups, train_student
 from reta.labels.store import LabelStore, relabel
 from reta.models import create_model
 from reta.teacher import cosine_lr
@@ -119,16 +119,6 @@ def test_mean_std_is_sample_std():
     assert mean_std([0.4]) == (0.4, 0.0)
 
 
-def test_random_subset_has_ipc_per_class_and_errors_when_impossible():
-    train = tiny_set(0, classes=3, per_class=4)
-    subset = random_subset(train, 2, seed=0)
-    assert np.bincount(subset.labels).tolist() == [2, 2, 2]
-    assert len(np.unique(subset.indices)) == 6
-    np.testing.assert_array_equal(random_subset(train, 2, seed=0).indices, subset.indices)
-    with pytest.raises(RetaError, match=r"class 0 \('c0'\) has 4 images .*ipc=5"):
-        random_subset(train, 5, seed=0)
-
-
 def test_dd_ranking_known_answers():
     base = (1 - math.exp(-1)) / (math.e - math.exp(-1))
     assert lrs(0.0, 0.0) == pytest.approx(base) == pytest.approx(0.26894, abs=1e-5)
@@ -144,8 +134,10 @@ def test_dd_ranking_known_answers():
 
 @pytest.mark.slow
 def test_stored_soft_labels_teach_a_student_on_digits(digits, digits_teacher, tmp_path):
+    from reta.pipeline import distilled, random_config
+
     train, test = digits
-    subset = random_subset(train, 10, seed=0)
+    subset, _ = distilled(train, [digits_teacher], random_config(10, 0), tmp_path / "random", CPU, progress=False)
     relabel(subset, [digits_teacher.model], train.info, RelabelConfig(epochs=15, batch_size=10, crop_scale_min=0.5),
             tmp_path / "labels", CPU, progress=False)
     protocol = EvalProtocol(student="convnet3-w32", epochs=15, batch_size=10, lr=1e-3, temperature=4.0,

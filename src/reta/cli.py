@@ -86,11 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--labels", default=None, help="stored soft labels from `reta relabel` (sets labels=stored)")
-    p.add_argument("--baseline", choices=["random"], default=None, help="also evaluate a random real subset of the same ipc")
+    p.add_argument("--baseline", choices=["random"], default=None,
+                   help="also evaluate `--method random` with the set's seed and ipc (kept in OUT/baseline-random/)")
     p.add_argument("--split", choices=["test", "holdout"], default="test",
                    help="holdout: the teacher's held-out train images, for choosing hyperparameters")
     p.add_argument("--out", required=True)
     _config_args(p)
+
+    p = sub.add_parser("run", parents=[common], help="the whole pipeline on your data: teacher, distil, evaluate, report.md")
+    _data_args(p)
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS.names())}")
+    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--out", required=True, help="everything goes here; rerun the same command to resume")
+    p.add_argument("--arch", default=None, help="teacher architecture (default: configs/run.yaml's)")
+    p.add_argument("--teacher", default=None, help="use this teacher folder instead of training one into OUT/teacher")
+    p.add_argument("--iterations", type=int, default=None, help="recover budget B")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs")
+    p.add_argument("--seeds", type=int, default=None, help="student seeds")
+    p.add_argument("--baseline", choices=["random", "none"], default="random",
+                   help="compare with `--method random` at the same ipc and seed (default) or not")
+    p.add_argument("--config", default=None, help="YAML with teacher:, recover: and protocol: sections")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE", nargs="+",
+                   help="override a key, e.g. --set teacher.epochs=30 recover.drc.lam=0.2 protocol.lr=1e-3")
 
     p = sub.add_parser("report", parents=[common], help="topology/anchor report of a distilled set (Markdown + PNG)")
     _data_args(p)
@@ -102,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="the whole pipeline on scikit-learn's digits (no download), in minutes")
     p.add_argument("--out", default="reta-demo")
-    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument("--methods", default=None, help="comma-separated subset of methods (default: every registered one)")
+    p.add_argument("--config", default=None, help="budgets (default configs/demo.yaml)")
 
     p = sub.add_parser("export-ddranking", help="a folder DD-Ranking 0.2.0 scores as it is (docs/ddranking.md)")
     _data_args(p)
@@ -209,10 +227,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate(args, dev, ctx) -> int:
-    from reta import config, data, distilled, io, teacher
-    from reta.data.dataset import split_holdout
-    from reta.evaluate import evaluate, random_subset
-    from reta.evaluate.metrics import ior
+    from reta import config, data, io, pipeline, teacher
+    from reta.reports import results_table
 
     base = {k: v for k, v in {"student": args.student, "epochs": args.epochs, "seeds": args.seeds}.items() if v is not None}
     if args.labels:
@@ -220,12 +236,7 @@ def _evaluate(args, dev, ctx) -> int:
     protocol = config.build(config.EvalProtocol, args.config, _flat(args.sets), base=base)
     train, test = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
     t = teacher.load_teacher(args.teacher, expect=train.info, dev=dev)
-    fit, held = split_holdout(train, *t.holdout)
-    if args.split == "holdout":
-        if not len(held):
-            raise RetaError(f"teacher {args.teacher} was trained without a held-out split; squeeze with --set holdout_fraction=0.1")
-        test = held
-    syn, manifest = distilled.read_distilled(args.distilled, expect=train.info)
+    scored_on = pipeline.score_split(train, test, t, args.split)
     store = None
     if args.labels:
         from reta.labels.store import LabelStore
@@ -237,31 +248,52 @@ def _evaluate(args, dev, ctx) -> int:
         io.write_json(out / "config.json", {"protocol": dataclasses.asdict(protocol), "distilled": args.distilled,
                                             "teacher": args.teacher, "data": args.data, "split": args.split,
                                             "world_size": ctx.world, "versions": io.versions()})
-    progress = not args.quiet and ctx.is_main
-    result = evaluate(syn, test, train.info, protocol, dev, t.model, label_store=store, seeds=protocol.seeds,
-                      method=manifest.get("method", "unknown"), ipc=manifest["ipc"], progress=progress, ctx=ctx)
-    result.update(split=args.split, distilled=args.distilled, teacher_test_top1=t.meta.get("test_top1"),
-                  world_size=ctx.world)
-    if args.baseline == "random":
-        real = random_subset(fit, manifest["ipc"], seed=protocol.seeds)
-        base_res = evaluate(real, test, train.info, protocol, dev, t.model, seeds=protocol.seeds,
-                            method="random", ipc=manifest["ipc"], progress=progress, ctx=ctx)
-        result["baseline_random"] = base_res
-        result["ior"] = ior(result["top1_final_mean"], base_res["top1_final_mean"])
+    result = pipeline.run_set(train=train, scored_on=scored_on, teacher=t, folder=Path(args.distilled), out=out,
+                              protocols=[protocol], dev=dev, baseline=args.baseline == "random", label_store=store,
+                              progress=not args.quiet and ctx.is_main, ctx=ctx, resume=False,
+                              extra={"split": args.split, "distilled": args.distilled, "world_size": ctx.world})
     if ctx.is_main:
-        io.write_json(out / "result.json", result)
-        print(format_results([result] + ([result["baseline_random"]] if args.baseline else [])))
+        print(results_table(pipeline.table_rows(result)))
     return 0
 
 
-def format_results(results: list[dict]) -> str:
-    """Plain table: method, ipc, student, final-epoch top-1 mean ± std (best-epoch labelled), seconds."""
-    rows = [f"{'method':<10} {'ipc':>4} {'student':<14} {'top-1 final (mean ± std)':>26} {'best-epoch':>11} {'seconds':>8}"]
-    for r in results:
-        rows.append(f"{r['method']:<10} {r['ipc']:>4} {r['student']:<14} "
-                    f"{100 * r['top1_final_mean']:>17.2f} ± {100 * r['top1_final_std']:5.2f} "
-                    f"{100 * r['top1_best_mean']:>11.2f} {r['seconds']:>8.1f}")
-    return "\n".join(rows)
+def cmd_run(args) -> int:
+    from reta import config, data, io, pipeline, runtime, teacher
+    from reta.reports import results_table, run_report, topology_report
+
+    dev = runtime.device()
+    flags = {"teacher": {"arch": args.arch}, "recover": {"ipc": args.ipc, "iterations": args.iterations},
+             "protocol": {"epochs": args.epochs, "seeds": args.seeds}}
+    flags = {name: {k: v for k, v in keys.items() if v is not None} for name, keys in flags.items()}
+    defaults = config.load_yaml(pipeline.configs_dir() / "run.yaml")
+    cfgs = pipeline.sectioned_configs(defaults, args.method, args.config, _flat(args.sets), flags)
+    train, test = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
+    out = Path(args.out)
+    progress = not args.quiet
+    if args.teacher:
+        t = teacher.load_teacher(args.teacher, expect=train.info, dev=dev)
+    else:
+        t = pipeline.teacher_at(out / "teacher", train, test, cfgs["teacher"], dev, progress)
+    if args.baseline == "random":
+        pipeline.check_real_subset(train, t, args.ipc)
+    resolved = {name: dataclasses.asdict(cfg) for name, cfg in cfgs.items()}
+    io.write_json(out / "config.json", {**resolved, "data": args.data, "teacher_dir": str(t.path),
+                                        "versions": io.versions()})
+    result = pipeline.run_set(train=train, scored_on=test, teacher=t, folder=out / "distilled", out=out,
+                              protocols=[cfgs["protocol"]], dev=dev, cfg=cfgs["recover"],
+                              baseline=args.baseline == "random", progress=progress,
+                              extra={"split": "test", "data": args.data})
+    images, manifest = pipeline.distilled(train, [t], cfgs["recover"], out / "distilled", dev, progress)
+    topology = None
+    if manifest.get("drc_selections") or (manifest.get("pta_share") or 0) > 0:
+        topology = topology_report(out / "distilled", t, train, out / "topology")
+    table = results_table(pipeline.table_rows(result))
+    settings = {"teacher": {"arch": t.arch, "epochs": t.meta.get("recipe", {}).get("epochs"), "folder": str(t.path)},
+                "recover": {k: v for k, v in resolved["recover"].items() if not isinstance(v, dict)},
+                "student": resolved["protocol"]}
+    path = run_report(out, result, images, table, settings, topology)
+    print(table + f"\n\nreport -> {path}")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -284,7 +316,8 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from reta.demo import run_demo
 
-    run_demo(Path(args.out), methods=args.methods.split(",") if args.methods else None, progress=not args.quiet)
+    run_demo(Path(args.out), methods=args.methods.split(",") if args.methods else None,
+             config_path=Path(args.config) if args.config else None, progress=not args.quiet)
     return 0
 
 
@@ -316,6 +349,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"squeeze": cmd_squeeze, "distill": cmd_distill, "relabel": cmd_relabel, "evaluate": cmd_evaluate,
+            "run": cmd_run,
             "report": cmd_report, "demo": cmd_demo, "bench": cmd_bench,
             "export-ddranking": cmd_export_ddranking}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from reta import io
-from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, build
+from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, apply_overrides, build, load_yaml
 from reta.data.dataset import ImageSet, split_holdout
 from reta.distilled import MANIFEST, read_distilled
 from reta.errors import RetaError
@@ -48,6 +48,37 @@ def default_data_root() -> str | None:
     """$RETA_DATA_ROOT, else the shared datasets folder beside the checkout when there is one."""
     shared = REPO.parent / "shared" / "datasets"
     return os.environ.get("RETA_DATA_ROOT") or (str(shared) if shared.is_dir() else None)
+
+
+SECTIONS = {"teacher": SqueezeConfig, "recover": RecoverConfig, "protocol": EvalProtocol}
+
+
+def sectioned_configs(defaults: dict[str, dict], method: str, yaml_path: str | Path | None = None,
+                      sets: list[str] | None = None, flags: dict[str, dict] | None = None) -> dict:
+    """{"teacher": SqueezeConfig, "recover": RecoverConfig, "protocol": EvalProtocol} for one whole run.
+
+    Each section: dataclass defaults < `defaults[section]` (shipped YAML budgets; for recover,
+    the method's preset first) < the `section:` mapping of `yaml_path` < `--set section.key=value`
+    < `flags[section]` (explicit command-line options).
+    """
+    user = load_yaml(yaml_path) if yaml_path else {}
+    for where, keys in ((str(yaml_path), user), ("defaults", defaults)):
+        unknown = set(keys) - set(SECTIONS)
+        if unknown:
+            raise RetaError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; use {', '.join(SECTIONS)}")
+    split: dict[str, list[str]] = {name: [] for name in SECTIONS}
+    for item in sets or []:
+        head, dot, rest = item.partition(".")
+        if head not in SECTIONS or not dot:
+            raise RetaError(f"--set {item!r}: prefix the key with its section: {', '.join(f'{n}.' for n in SECTIONS)} "
+                            f"(e.g. --set recover.drc.lam=0.2)")
+        split[head].append(rest)
+    out = {}
+    for name, cls in SECTIONS.items():
+        base = {**(preset(method) if name == "recover" else {}), **defaults.get(name, {}), **(user.get(name) or {})}
+        cfg = build(cls, sets=split[name], base=base)
+        out[name] = apply_overrides(cfg, (flags or {}).get(name) or {})
+    return out
 
 
 # -- teacher ---------------------------------------------------------------------------------------
@@ -146,14 +177,18 @@ def relative_scores(acc: float, random_acc: float | None, hard_acc: float | None
 def run_set(*, train: ImageSet, scored_on: ImageSet, teacher: Teacher, folder: Path, out: Path,
             protocols: list[EvalProtocol], dev: torch.device, cfg: RecoverConfig | None = None,
             baseline: bool = False, hard: EvalProtocol | None = None, label_store=None, progress: bool = False,
-            ctx=None, cache_dir: Path | None = None, resume: bool = True) -> dict:
+            ctx=None, cache_dir: Path | None = None, resume: bool = True, extra: dict | None = None) -> dict:
     """Distil into `folder` (when `cfg` is given and it is unfinished), evaluate, compare with random; write out/result.json.
 
     The result is the first student's evaluation (its keys at the top level), with `students`
     (one entry per protocol: evaluation, baseline and scores), `baseline_random`, `ior`, `hlr`,
     `lrs` and `images` (the distilled folder) added. `resume`: cache each evaluation beside its
-    set (eval-<student>-<labels>.json) so a rerun trains only the missing students.
+    set (eval-<student>-<labels>.json) so a rerun trains only the missing students. `extra`:
+    keys added to result.json.
     """
+    if baseline and any(p.labels == "stored" for p in protocols):
+        raise RetaError("--baseline random with stored labels: the label store belongs to the distilled set; "
+                        "compare with the random subset under labels=online")
     main = ctx is None or ctx.is_main
     if cfg is not None:
         syn, manifest = distilled(train, [teacher], cfg, folder, dev, progress, cache_dir=cache_dir)
@@ -196,7 +231,7 @@ def run_set(*, train: ImageSet, scored_on: ImageSet, teacher: Teacher, folder: P
               "ior": first["ior"], "hlr": first["hlr"], "lrs": first["lrs"], "images": str(folder),
               "teacher_test_top1": teacher.meta.get("test_top1"),
               "manifest": {k: manifest.get(k) for k in ("drc_share", "pta_share", "shared_anchor_fraction")},
-              "seconds_per_image": manifest.get("timings", {}).get("seconds_per_image")}
+              "seconds_per_image": manifest.get("timings", {}).get("seconds_per_image"), **(extra or {})}
     if main:
         io.write_json(out / "result.json", result)
     return result

@@ -94,6 +94,59 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}%"
+
+
+def answer_line(result: dict) -> str:
+    """The one sentence a reader wants first: the set's top-1 against random real images and the teacher."""
+    n_seeds = len(result["seeds"])
+    line = (f"**{result['method']} at IPC {result['ipc']}: {_pm(result['top1_final_mean'], result['top1_final_std'])} "
+            f"top-1** ({result['student']} student, final epoch, {n_seeds} seed{'s' if n_seeds > 1 else ''})")
+    base = result.get("baseline_random")
+    if base:
+        line += (f" vs {_pm(base['top1_final_mean'], base['top1_final_std'])} for {result['ipc']} random real "
+                 f"images per class ({100 * (result['top1_final_mean'] - base['top1_final_mean']):+.1f} points)")
+    else:
+        line += " (no random baseline: rerun with --baseline random)"
+    return line + f" and {100 * result['teacher_test_top1']:.1f}% for the teacher trained on all the training data."
+
+
+def run_report(out: Path, result: dict, images: ImageSet, table: str, settings: dict[str, dict],
+               topology: Path | None = None) -> Path:
+    """`out/report.md`: the answer, the image grid, then the table, settings and files."""
+    ipc = int(result["ipc"])
+    per_class, classes = min(ipc, 10), min(images.info.num_classes, 10)
+    picks = [c * ipc + i for c in range(classes) for i in range(per_class)]
+    image_grid(images.load(picks), nrow=per_class, path=out / "grid.png")
+    split = result.get("split", "test")
+    md = [
+        f"# reta run: {result['method']}, IPC {ipc}, {images.info.name}", "",
+        answer_line(result), "",
+        "![distilled images](grid.png)", "",
+        f"Rows: classes {', '.join(images.info.classes[:classes])}"
+        + (f" (first {classes} of {images.info.num_classes})" if classes < images.info.num_classes else "")
+        + f"; columns: {'the first ' + str(per_class) + ' of ' if per_class < ipc else ''}the {ipc} images per class.", "",
+        "## Details", "",
+        f"Top-1 on the {split} split after the last student epoch, mean ± sample std over student seeds; the "
+        "best-epoch column is test-set selection, shown only for comparison with papers.", "",
+        table, "",
+        "Settings (the resolved configs are in config.json):", "",
+        *(f"- {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())) for name, values in settings.items()),
+        "",
+        f"Files: `distilled/` (the images and manifest.json), `result.json`"
+        + (", `baseline-random/` (the random subset, as `reta distill --method random` writes it)"
+           if result.get("baseline_random") else "") + ".",
+    ]
+    if topology is not None:
+        md += ["", "## Topology and anchors", "",
+               f"Betti curves, persistence diagrams and DRC anchors of this set: "
+               f"[{topology.relative_to(out).as_posix()}]({topology.relative_to(out).as_posix()})"]
+    path = out / "report.md"
+    io.write_bytes(path, ("\n".join(md) + "\n").encode())
+    return path
+
+
 # -- topology report (RETA PTA/DRC diagnostics) --------------------------------------------------
 
 BETTI_THRESHOLDS = 200  # filtration values s = i/200, i = 0..199, i.e. [0, 1) (bars are half-open [b, d))
@@ -257,7 +310,7 @@ def topology_report(distilled_dir: Path, teacher: Teacher, train: ImageSet, out_
     cfg = manifest.get("config", {})
     pta_cfg = {**vars(PTAConfig()), **cfg.get("pta", {})}
     k, infinite = int(pta_cfg["k"]), str(pta_cfg["infinite_bars"])
-    pta_on = bool(pta_cfg["enabled"]) and float(pta_cfg["weight"]) > 0
+    pta_on = float(manifest.get("pta_share") or 0.0) > 0  # the method computed a topology term
     method = manifest.get("method", cfg.get("method", "unknown"))
     classes = list(range(min(max_classes, info.num_classes)))
 

@@ -1,6 +1,6 @@
-"""Student evaluation under a named protocol, the random-subset baseline, and DD-Ranking scores."""
+"""Student evaluation under a named protocol and DD-Ranking scores (the random baseline is `--method random`)."""
 
 from reta.evaluate.metrics import ars, hlr, ior, lrs
-from reta.evaluate.train import evaluate, random_subset, train_student
+from reta.evaluate.train import evaluate, train_student
 
-__all__ = ["ars", "evaluate", "hlr", "ior", "lrs", "random_subset", "train_student"]
+__all__ = ["ars", "evaluate", "hlr", "ior", "lrs", "train_student"]

@@ -216,21 +216,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else 0.0)
 
 
-def random_subset(train: ImageSet, ipc: int, seed: int) -> ImageSet:
-    """`ipc` random real images per class, class-major (DD-Ranking's random baseline); seeded per class."""
-    if ipc < 1:
-        raise RetaError(f"ipc={ipc}: must be at least 1")
-    picks = []
-    for class_idx in range(train.info.num_classes):
-        idx = train.indices_of_class(class_idx)
-        if len(idx) < ipc:
-            raise RetaError(f"class {class_idx} ({train.info.classes[class_idx]!r}) has {len(idx)} images in "
-                            f"{train.source}, fewer than ipc={ipc}; use ipc <= {len(idx)}")
-        gen = torch.Generator().manual_seed(derive_seed(seed, "random-subset", class_idx))
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:ipc].numpy()])
-    return train.subset(np.concatenate(picks))
-
-
 def evaluate(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: EvalProtocol, dev: torch.device,
              teacher: nn.Module | None = None, label_store: LabelStore | None = None, *,
              seeds: int | list[int] | None = None, method: str, ipc: int, progress: bool = True, ctx=None) -> dict:
