@@ -134,7 +134,7 @@ def write_cifar_batches(train: ImageSet, test: ImageSet, dd_name: str, root: Pat
     payloads[cls.meta["filename"]] = {cls.meta["key"]: list(train.info.classes)}
     md5 = {}
     for name, payload in payloads.items():
-        data = pickle.dumps(payload, protocol=2)
+        data = pickle.dumps(payload, protocol=4)
         io.write_bytes(folder / name, data)
         md5[name] = hashlib.md5(data).hexdigest()
     return {"class": dd_name, "base_folder": cls.base_folder, "md5": md5}
@@ -144,9 +144,12 @@ def build_config(teacher: Teacher, manifest: dict, protocol: EvalProtocol, dd_na
     """Every key DD-Ranking 0.2.0's LabelRobustScoreSoft/Hard read, from reta's evaluation protocol."""
     model_name, stu_tv = dd_model_name(protocol.student, "student")
     teacher_name, tea_tv = dd_model_name(teacher.arch, "teacher")
-    mean, std = (list(v) for v in CIFAR_STATS)
     size = teacher.info.image_size
-    normalise = [{"name": "ToTensor"}, {"name": "Normalize", "args": {"mean": mean, "std": std}}]
+
+    def normalise():  # fresh objects each time, so the YAML holds no anchors
+        return [{"name": "ToTensor"}, {"name": "Normalize", "args": {"mean": list(CIFAR_STATS[0]),
+                                                                      "std": list(CIFAR_STATS[1])}}]
+
     return {
         "dataset": dd_name, "real_data_path": "real", "ipc": int(manifest["ipc"]), "im_size": [size, size],
         "model_name": model_name, "stu_use_torchvision": stu_tv, "use_torchvision": stu_tv,
@@ -167,8 +170,8 @@ def build_config(teacher: Teacher, manifest: dict, protocol: EvalProtocol, dd_na
         "eval_full_data": True,  # it has no cached full-data accuracy for CIFAR
         "save_path": "results/obj_scores.csv",
         "custom_train_trans": [{"name": "RandomResizedCrop", "args": {"size": size, "scale": [protocol.crop_scale_min, 1.0]}},
-                               {"name": "RandomHorizontalFlip"}] + normalise,
-        "custom_val_trans": normalise,
+                               {"name": "RandomHorizontalFlip"}] + normalise(),
+        "custom_val_trans": normalise(),
         "device": "cuda", "dist": False,
         "reta": {
             "image_path": "images", "syn_lr": protocol.lr,
