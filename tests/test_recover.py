@@ -134,6 +134,7 @@ def test_topology_term_changes_the_images_and_records_its_gradient(digits, digit
     assert _png_bytes(fadrm) != _png_bytes(pta)
     cos = manifest["pta_gradient_cosine"]
     assert cos["refreshes"] == 4 * 3 * 2 and -1.0 <= cos["min"] <= cos["mean"] <= 1.0  # 4 groups, 3 per stage after the first
+    assert manifest["pta_stale_gradient_cosine"]["refreshes"] == cos["refreshes"]
     ratio = manifest["grad_ratio"]["pta"]
     assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     assert all("grad_ratio" in g for g in manifest["groups"])
