@@ -3,6 +3,7 @@ both metric conventions. The real package runs in tests/test_ddranking_interop.p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -117,7 +118,7 @@ def test_teacher_under_ddranking_names_and_normalisation_gives_our_logits(world)
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
-def test_resnet_teacher_loads_into_torchvision_with_the_cifar_stem(tmp_path, digits):
+def test_resnet_teacher_loads_into_torchvision_with_the_cifar_stem_and_gives_our_logits(tmp_path, digits):
     train, test = digits
     teacher = squeeze(train, test, SqueezeConfig(arch="resnet18", epochs=0), tmp_path / "rn", torch.device("cpu"),
                       progress=False)
@@ -125,7 +126,16 @@ def test_resnet_teacher_loads_into_torchvision_with_the_cifar_stem(tmp_path, dig
     net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # what DD-Ranking builds for 32 px with use_torchvision
     net.maxpool = torch.nn.Identity()
     net.load_state_dict(torchvision_state_dict(teacher))
+    # with CIFAR-10's statistics the means agree and the fold is exact, as for a CIFAR-10 teacher
+    teacher = dataclasses.replace(teacher, info=dataclasses.replace(teacher.info, mean=CIFAR_STATS[0],
+                                                                    std=(0.2470, 0.2435, 0.2616)))
     net.load_state_dict(ddranking_state_dict(teacher))
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_STATS)
+    with torch.no_grad():
+        ours = teacher.model(teacher.info.normalise(pixels))
+        theirs = net.eval()((pixels.float() / 255 - mean) / std)
+    assert torch.allclose(ours, theirs, atol=1e-4)
 
 
 def test_torchvision_checkpoint_imports_into_the_registry_model(tmp_path):
