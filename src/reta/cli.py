@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None, help="total recover budget B")
     p.add_argument("--out", required=True)
     p.add_argument("--cache-dir", default=None, help="pool feature cache (default $RETA_CACHE or ~/.cache/reta)")
+    _overwrite_arg(p, "distilled set")
     _config_args(p)
 
     p = sub.add_parser("relabel", parents=[common], help="store FKD-style soft labels for a distilled set")
@@ -169,28 +170,28 @@ def cmd_squeeze(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from reta import config, data, dist, runtime, teacher
+    from reta import config, data, dist, outdir, runtime, teacher
     from reta.recover import distill, preset
 
     dev = runtime.device()
     ctx = dist.init_from_env(dev)
-    base = preset(args.method)
-    base.update(ipc=args.ipc, **({"iterations": args.iterations} if args.iterations is not None else {}))
-    cfg = config.build(config.RecoverConfig, args.config, _flat(args.sets), base=base)
+    flags = {"ipc": args.ipc, **({"iterations": args.iterations} if args.iterations is not None else {})}
+    cfg = config.build(config.RecoverConfig, args.config, _flat(args.sets), base=preset(args.method), flags=flags)
     train, _ = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
     teachers = [teacher.load_teacher(t, expect=train.info, dev=dev) for t in args.teacher]
     t0 = time.time()
     try:
         manifest = distill(train, teachers, cfg, Path(args.out), dev, rank=ctx.rank, world=ctx.world,
                            barrier=ctx.barrier, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                           progress=not args.quiet and ctx.is_main)
+                           progress=not args.quiet and ctx.is_main,
+                           inputs=outdir.dataset_inputs(args.data, args.data_root), overwrite=args.overwrite)
     finally:
         dist.shutdown()
     if manifest is not None:
         t = manifest["timings"]
+        shares = ", ".join(f"{k[:-6].upper()} {100 * v:.1f}%" for k, v in manifest.items() if k.endswith("_share"))
         print(f"{cfg.method}: {train.info.num_classes * cfg.ipc} images in {time.time() - t0:.1f} s "
-              f"({t['seconds_per_image']:.3f} s/image; DRC {100 * manifest['drc_share']:.1f}%, "
-              f"PTA {100 * manifest['pta_share']:.1f}% of recover) -> {args.out}")
+              f"({t['seconds_per_image']:.3f} s/image{'; ' + shares + ' of recover' if shares else ''}) -> {args.out}")
     return 0
 
 
