@@ -12,17 +12,17 @@ import torch
 from reta.errors import RetaError
 from reta.topology import (
     betti_curves,
+    build_reference,
     class_cutoff,
-    class_topology_terms,
     diagrams,
     diagrams_from_pairing,
     mutual_knn_mask,
     persistence_image,
     persistence_images_batched,
     persistence_pairing,
-    reference_images,
+    signature,
+    signature_distance,
     squared_distances,
-    topology_loss,
 )
 
 
@@ -121,7 +121,7 @@ def test_loss_gradient_matches_finite_differences_under_fixed_pairing():
     def loss(z: torch.Tensor) -> torch.Tensor:
         h0, h1 = diagrams_from_pairing(squared_distances(z), kappa, pairing, "one")
         pi = persistence_images_batched([h0, h1], grid=16)
-        return topology_loss(pi[0], pi[1], ref0, ref1, gamma=0.7)
+        return signature_distance((pi[0], pi[1]), (ref0, ref1), gamma=0.7)
 
     z = z0.clone().requires_grad_(True)
     loss(z).backward()
@@ -207,18 +207,17 @@ def test_class_terms_reference_and_loss():
     gen = torch.Generator().manual_seed(3)
     real = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen), dim=1)
     kappa = class_cutoff(real)
-    refs = [
-        reference_images(real, 10, 3, k=4, kappa=kappa, grid=8, generator=torch.Generator().manual_seed(5))
-        for _ in range(2)
-    ]
-    ref0, ref1 = refs[0]
+    refs = [build_reference(real, 10, 3, k=4, kappa=kappa, generator=torch.Generator().manual_seed(5), grid=8)
+            for _ in range(2)]
+    ref0, ref1 = refs[0].signature
     assert ref0.shape == ref1.shape == (8, 8) and not ref0.requires_grad and ref1.abs().sum() > 0
-    assert torch.equal(ref0, refs[1][0]) and torch.equal(ref1, refs[1][1])
+    assert torch.equal(ref0, refs[1].signature[0]) and torch.equal(ref1, refs[1].signature[1])
+    assert refs[0].baseline > 0 and refs[0].n == 10
 
     z = real[:10].clone().requires_grad_(True)
-    pi0, pi1 = class_topology_terms(z, kappa, k=4, grid=8, infinite="one")
-    assert topology_loss(pi0, pi1, pi0.detach(), pi1.detach()).item() == 0.0
-    topology_loss(pi0, pi1, ref0, ref1, gamma=2.0).backward()
+    pi0, pi1 = signature(z, kappa, k=4, distance="image", grid=8, infinite="one")
+    assert signature_distance((pi0, pi1), (pi0.detach(), pi1.detach())).item() == 0.0
+    signature_distance((pi0, pi1), (ref0, ref1), gamma=2.0).backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     with pytest.raises(RetaError):
-        reference_images(real, 41, 1, 4, kappa, 8, gen)
+        build_reference(real, 41, 2, 4, kappa, gen, grid=8)

@@ -221,52 +221,6 @@ def persistence_image(dgm: Tensor, grid: int = 32, sigma: float | None = None) -
     return persistence_images_batched(dgm[None], grid, sigma)[0]
 
 
-def topology_loss(
-    pi0_syn: Tensor, pi1_syn: Tensor, pi0_ref: Tensor, pi1_ref: Tensor, gamma: float = 1.0
-) -> Tensor:
-    """||PI0_syn - PI0_ref||_F^2 + gamma ||PI1_syn - PI1_ref||_F^2, summed over leading dims."""
-    return (pi0_syn - pi0_ref).square().sum() + gamma * (pi1_syn - pi1_ref).square().sum()
-
-
-def class_topology_terms(
-    z_syn: Tensor, kappa: float, k: int, grid: int = 32, infinite: str = "one"
-) -> tuple[Tensor, Tensor]:
-    """Differentiable (PI0 [G, G], PI1 [G, G]) of one class's features z_syn [n, d]."""
-    dist = squared_distances(z_syn)
-    h0, h1 = diagrams(dist, kappa, k, infinite)
-    pi = persistence_images_batched([h0, h1], grid)
-    return pi[0], pi[1]
-
-
-@torch.no_grad()
-def reference_images(
-    real_features: Tensor,
-    n: int,
-    num_subsets: int,
-    k: int,
-    kappa: float,
-    grid: int,
-    generator: torch.Generator,
-    infinite: str = "one",
-) -> tuple[Tensor, Tensor]:
-    """Mean (PI0 [G, G], PI1 [G, G]) over num_subsets random size-n subsets of real_features [N, d].
-
-    Subsets are drawn without replacement with `generator`; the result is detached.
-    """
-    total = real_features.shape[0]
-    if not 0 < n <= total:
-        raise RetaError(f"a reference subset needs 1..{total} real points (the class size), got n={n}")
-    if num_subsets < 1:
-        raise RetaError(f"the reference needs at least one real subset, got num_subsets={num_subsets}")
-    dgms = []
-    for _ in range(num_subsets):
-        idx = torch.randperm(total, generator=generator, device=generator.device)[:n]
-        dist = squared_distances(real_features[idx.to(real_features.device)])
-        dgms.extend(diagrams(dist, kappa, k, infinite))
-    pis = persistence_images_batched(dgms, grid).view(num_subsets, 2, grid, grid).mean(dim=0)
-    return pis[0], pis[1]
-
-
 def betti_curves(dgm0: Tensor, dgm1: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
     """Betti numbers (beta_0 [t], beta_1 [t]) at thresholds [t]: bars with birth <= s < death."""
 
