@@ -50,12 +50,7 @@ def write_manifest(root: Path, info: DatasetInfo, ipc: int, manifest: dict) -> N
 def read_distilled(root: str | Path, expect: DatasetInfo | None = None) -> tuple[TensorImageSet, dict]:
     """Load a distilled set folder; checks completeness, image sizes and (optionally) class identity."""
     root = Path(root)
-    if not (root / MANIFEST).is_file():
-        raise RetaError(f"{root}: no {MANIFEST}: not a distilled set, or its run did not finish; rerun `reta distill`")
-    manifest = io.read_json(root / MANIFEST)
-    info = DatasetInfo.from_json(manifest["dataset"])
-    if expect is not None:
-        expect.check_compatible(info, "dataset", f"distilled set {root}")
+    manifest, info = DatasetInfo.read_artifact(root, MANIFEST, expect, "distilled set", "rerun `reta distill`")
     images, labels = [], []
     for c in range(info.num_classes):
         folder = root / "images" / class_folder(c, info.num_classes)

@@ -108,12 +108,7 @@ def save_teacher(model: nn.Module, arch: str, info: DatasetInfo, out_dir: Path, 
 def load_teacher(path: str | Path, expect: DatasetInfo | None = None, dev: torch.device | None = None) -> Teacher:
     """Load a teacher folder; if `expect` is given, its dataset identity must match."""
     path = Path(path)
-    if not (path / META).is_file():
-        raise RetaError(f"{path}: not a teacher folder (no {META}); create one with `reta squeeze`")
-    meta = io.read_json(path / META)
-    info = DatasetInfo.from_json(meta["dataset"])
-    if expect is not None:
-        info.check_compatible(expect, "teacher " + str(path), "dataset")
+    meta, info = DatasetInfo.read_artifact(path, META, expect, "teacher", "create one with `reta squeeze`")
     if not (path / WEIGHTS).is_file():
         raise RetaError(f"{path / WEIGHTS}: weights file not found; rerun `reta squeeze --out {path}`")
     digest = io.sha256_file(path / WEIGHTS)  # checked before parsing, so any corruption gets this message

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -40,6 +41,28 @@ class DatasetInfo:
     def from_json(d: dict) -> "DatasetInfo":
         return DatasetInfo(name=d["name"], classes=tuple(d["classes"]), image_size=int(d["image_size"]),
                            mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
+
+    @staticmethod
+    def read_artifact(folder: Path, filename: str, expect: "DatasetInfo | None", what: str,
+                      fix: str) -> tuple[dict, "DatasetInfo"]:
+        """(record, identity) of an artifact's final JSON file, checked against `expect`.
+
+        A missing file, or one without a readable dataset identity, is one line naming the file
+        and `fix` (e.g. the command that makes the artifact).
+        """
+        from reta import io
+
+        path = Path(folder) / filename
+        if not path.is_file():
+            raise RetaError(f"{folder}: no {filename}: not a {what}, or its run did not finish; {fix}")
+        record = io.read_json(path)
+        try:
+            info = DatasetInfo.from_json(record["dataset"])
+        except (KeyError, TypeError, ValueError):
+            raise RetaError(f"{path}: no valid 'dataset' entry (the file is damaged or not reta's); {fix}") from None
+        if expect is not None:
+            info.check_compatible(expect, f"{what} {folder}", "dataset")
+        return record, info
 
     def check_compatible(self, other: "DatasetInfo", mine: str, theirs: str, check_stats: bool = True) -> None:
         """Raise a one-line RetaError naming both artifacts if they disagree on what a label means."""
