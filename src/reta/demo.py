@@ -161,7 +161,7 @@ def _report(results, ipcs, methods, cfg, teacher, n_test, table, topo, seconds, 
     if topo is not None:
         md += [f"RETA's topology (Betti curves, persistence diagrams) and DRC anchors: [{topo}]({topo})", ""]
     md += [
-        f"Budgets (configs/demo.yaml, shrunk to fit 150 s on 2 CPU cores): teacher {tch.epochs} epochs; recover "
+        f"Budgets (configs/demo.yaml): teacher {tch.epochs} epochs; recover "
         f"{rec.iterations} steps, batch {rec.batch_size}, roll jitter {rec.jitter}; student {prot.epochs} epochs, batch "
         f"{prot.batch_size}, AdamW lr {prot.lr}, crop scale ≥ {prot.crop_scale_min}, {prot.seeds} seeds. "
         f"Total time {seconds:.0f} s on {dev}.",
