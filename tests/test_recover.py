@@ -198,3 +198,9 @@ def test_drc_records_index_the_full_training_split_outside_the_holdout(digits, d
     for r in manifest["drc_selections"]:
         assert train.labels[r["train_index"]] == r["class"]
         assert r["train_index"] not in held
+
+
+@pytest.mark.parametrize("method", ["pta", "reta"])
+def test_topology_term_is_off_below_four_images_per_class(method, digits, digits_teacher, tmp_path):
+    _, manifest = _distill(digits, digits_teacher, tmp_path, method, method, ipc=1, batch_size=10)
+    assert all(g["grad_ratio"] == {"pta": 0.0} for g in manifest["groups"])

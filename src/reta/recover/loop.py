@@ -369,8 +369,8 @@ class Recover:
         base = torch.autograd.grad(terms["ce"] + terms["bn"], x, retain_graph=True)[0].norm()
         out = {}
         for name, value in extra.items():
-            g = torch.autograd.grad(value, x, retain_graph=True, allow_unused=True)[0]
-            out[name] = float(g.norm() / base.clamp_min(1e-30)) if g is not None else 0.0
+            g = torch.autograd.grad(value, x, retain_graph=True, allow_unused=True)[0] if value.requires_grad else None
+            out[name] = float(g.norm() / base.clamp_min(1e-30)) if g is not None else 0.0  # a term that is off: 0
         return out
 
     def classes_of(self, group_ids: list[int]) -> list[int]:
