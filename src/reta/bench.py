@@ -75,7 +75,7 @@ def row_file(variant: str, synthesis_seed: int, student: str) -> str:
 
 def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: str | None = None,
               methods: list[str] | None = None, synthesis_seeds: int = 1, students: list[str] | None = None,
-              split: str = "test", publish: bool = False, progress: bool = True) -> dict:
+              split: str = "test", publish: bool = False, progress: bool = True, hard_labels: bool = True) -> dict:
     table = presets()
     if preset_name not in table:
         raise RetaError(f"unknown bench preset {preset_name!r}; choose one of {', '.join(table)}")
@@ -90,7 +90,8 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     recipe = build(SqueezeConfig, base=settings["teacher"])
     students = students or [settings["protocol"]["student"]]
     soft = {s: build(EvalProtocol, base={**settings["protocol"], "student": s, "labels": "online"}) for s in students}
-    hard = build(EvalProtocol, base={**settings["protocol"], "student": students[0], "labels": "hard"})
+    # Hard-label students only serve HLR/LRS; a held-out study of defaults can skip them.
+    hard = build(EvalProtocol, base={**settings["protocol"], "student": students[0], "labels": "hard"}) if hard_labels else None
     configs = {(label, seed): build(RecoverConfig, sets=sets,
                                     base={**preset(method), "ipc": spec["ipc"], **settings["recover"], "seed": seed})
                for label, (method, sets) in variants.items() for seed in range(synthesis_seeds)}
@@ -116,7 +117,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
             identity = {"variant": label, "method": variants[label][0], "synthesis_seed": seed, "student": student,
                         "split": split, "teacher_key": key, "recover": dataclasses.asdict(cfg),
                         "protocol": dataclasses.asdict(soft[student]),
-                        "protocol_hard": dataclasses.asdict(hard) if i == 0 else None}
+                        "protocol_hard": dataclasses.asdict(hard) if i == 0 and hard else None}
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, student)
             row = _finished_row([out / "rows" / fname, committed / fname], row_key)
@@ -140,7 +141,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         "teacher": {"arch": teacher.arch, "test_top1": teacher.meta["test_top1"], "recipe": teacher.meta["recipe"],
                     "key": key},
         "recover": settings["recover"], "protocol_soft": dataclasses.asdict(first),
-        "protocol_hard": dataclasses.asdict(hard), "students": students,
+        "protocol_hard": dataclasses.asdict(hard) if hard else None, "students": students,
         "synthesis_seeds": list(range(synthesis_seeds)), "student_seeds": list(range(first.seeds)),
         "methods": aggregated, "compute_seconds": _compute_seconds(rows), "seconds": time.time() - t_start,
         "machine": machine(), "versions": io.versions(), "date": datetime.date.today().isoformat(),

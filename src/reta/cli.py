@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="holdout: score on the teacher's held-out train images, for choosing defaults")
     p.add_argument("--publish", action="store_true",
                    help="copy the results JSON and rows into ./benchmarks/results/ and regenerate ./BENCHMARKS.md")
+    p.add_argument("--no-hard-labels", dest="hard_labels", action="store_false",
+                   help="skip the hard-label students (HLR/LRS), e.g. for a held-out study of defaults")
     return parser
 
 
@@ -345,7 +347,7 @@ def cmd_bench(args) -> int:
     run_bench(args.preset, args.tier, Path(args.out) if args.out else None, args.data_root,
               methods=args.methods.split(",") if args.methods else None, synthesis_seeds=args.synthesis_seeds,
               students=args.students.split(",") if args.students else None, split=args.split, publish=args.publish,
-              progress=not args.quiet)
+              progress=not args.quiet, hard_labels=args.hard_labels)
     return 0
 
 
