@@ -10,6 +10,9 @@ workarounds for DD-Ranking 0.2.0 (each only where it applies):
 * num_epochs below its test interval (20 soft, 10 hard) would never test a student and score 0: the
   interval is capped at num_epochs.
 * device cuda without a GPU: cpu.
+* its soft-label test loader batches the test split by syn_batch_size (reta's 10: 1,000 batches per
+  test, most of a CPU run): it is rebuilt with real_batch_size; a student in eval mode scores the
+  same images the same whatever the batch.
 * LabelRobustScoreHard appends each round's LRS twice and crashes saving its CSV after all the
   training: the duplicate is dropped before saving.
 * --full-data-acc PCT: use PCT as Acc(full real data, hard) through DD-Ranking's own cache instead of
@@ -106,6 +109,11 @@ def main(argv=None) -> int:
 
     evaluator = (LabelRobustScoreHard if hard else LabelRobustScoreSoft)(config=Config(raw))
     evaluator.test_interval = min(evaluator.test_interval, int(raw["num_epochs"]))
+    if not raw.get("dist"):
+        loader = evaluator.test_loader_syn
+        evaluator.test_loader_syn = torch.utils.data.DataLoader(
+            loader.dataset, batch_size=evaluator.real_batch_size, num_workers=loader.num_workers,
+            sampler=torch.utils.data.RandomSampler(loader.dataset))
     log: list[dict] = []
     images = ours.get("image_path", "images")
     evaluator._compute_hard_label_metrics_helper = recording(evaluator._compute_hard_label_metrics_helper, log,
