@@ -16,8 +16,9 @@ RetaError naming the folder and the fix:
   - `out` equal to or inside any of `inputs` (dataset roots, teacher, distilled, label folders;
     symlinks resolved);
   - `out`, or the first existing folder above it, being a file;
-  - a non-empty folder without the marker, or whose marker names another kind;
-  - a finished artifact of this kind, unless `overwrite`;
+  - a non-empty folder without the marker (unless adopted, below), or whose marker names another kind;
+  - a finished artifact of this kind, unless `overwrite` (or, for a `rerun` kind, the same `run_record`);
+  - `overwrite` on our own folder when one of `inputs` lies inside it;
   - for a resumable kind, an unfinished run whose stored `run_record` differs from the given one,
     unless `overwrite`.
 Otherwise it returns `out`, created, with the marker written atomically:
@@ -26,7 +27,14 @@ Otherwise it returns `out`, created, with the marker written atomically:
     image or shard of the old artifact can be mistaken for part of the new one;
   - an unfinished artifact of a resumable kind with the same `run_record`: kept as it is (resume);
   - an unfinished artifact of a non-resumable kind: its owned files are removed (nothing finished
-    is lost), and the command starts over.
+    is lost), and the command starts over;
+  - a finished artifact of a `rerun` kind (run, demo, bench) with the same `run_record`: kept as it
+    is; the command reuses every finished part and rebuilds only its summaries from them;
+  - a folder without the marker that holds nothing but the kind's own files, one of them a file
+    only reta writes (`KINDS[kind].adopt`, e.g. a nested artifact's marker): written by a reta of
+    before markers, so it is adopted (marker written) and continued like one with the same record.
+Kinds that nest other artifacts (evaluation, run, demo, bench) own the nested files too, markers
+included, so --overwrite clears them; each nested artifact is still claimed with its own kind.
 `run_record` must hold exactly what decides whether earlier partial output may be reused
 (config, input hashes), JSON-able; no versions or timestamps, or every rerun would be refused.
 
@@ -64,6 +72,12 @@ class Kind:
     finished: str  # written last: its presence means the artifact is complete
     owned: tuple[str, ...]  # every file the command writes, as globs relative to OUT
     resumable: bool = False  # an unfinished one with the same run record is continued, not restarted
+    # A finished one with the same run record is continued too (requires resumable): its final
+    # files are summaries rebuilt from parts that are reused, so rerunning the command loses nothing.
+    rerun: bool = False
+    # Files only reta writes: a folder without the marker holding one of them, and nothing the kind
+    # does not own, was written by a reta of before markers and is adopted.
+    adopt: tuple[str, ...] = ()
 
 
 KINDS: dict[str, Kind] = {
@@ -73,11 +87,37 @@ KINDS: dict[str, Kind] = {
                                                    "init/class_*.safetensors", "progress/group_*.json"),
                       resumable=True),
     "labels": Kind("relabel", "manifest.json", ("manifest.json", "labels-*.safetensors"), resumable=True),
-    "evaluation": Kind("evaluate", "result.json", ("config.json", "result.json")),
     "report": Kind("report", "report.md", ("report.md", "betti_curves.png", "diagrams.png", "anchors.png")),
     "ddranking": Kind("export-ddranking", "config.yaml", ("config.yaml", "run_ddranking.py", "images/*/*.png",
                                                          "teacher/*/*/ckpt_best.pt", "real/md5.json", "real/*/*")),
 }
+
+
+def _inside(folder: str, kind: str, marker: bool = True) -> tuple[str, ...]:
+    """The files of a `kind` artifact written at `folder` inside another kind's OUT."""
+    return tuple(f"{folder}/{p}" for p in ((MARKER,) if marker else ()) + KINDS[kind].owned)
+
+
+BASELINE = "baseline-random"  # the random subset beside an evaluated set (reta.pipeline.BASELINE_DIR)
+KINDS["evaluation"] = Kind("evaluate", "result.json", ("config.json", "result.json", *_inside(BASELINE, "distilled")))
+KINDS["run"] = Kind(
+    "run", "report.md",
+    ("config.json", "eval-*.json", "result.json", "grid.png", "report.md", *_inside("teacher", "teacher"),
+     *_inside("distilled", "distilled"), *_inside(BASELINE, "distilled"), f"{BASELINE}/eval-*.json",
+     *_inside("topology", "report", marker=False)),  # topology_report writes no marker of its own
+    resumable=True, rerun=True, adopt=(f"teacher/{MARKER}", f"distilled/{MARKER}"))
+KINDS["demo"] = Kind(
+    "demo", "report.md",
+    ("demo_config.json", "distilled_grid.png", "top1_vs_ipc.png", "report.md", *_inside("teacher", "teacher"),
+     *_inside("ipc*/*/distilled", "distilled"), "ipc*/*/eval-*.json", "ipc*/*/result.json",
+     *_inside("ipc*/*/report", "report", marker=False)),
+    resumable=True, rerun=True)
+KINDS["bench"] = Kind(
+    "bench", "report.md",
+    ("rows/*__seed*__*.json", "report.md",  # rows: reta.bench.row_file; summaries: bench.results_name
+     *(f"*-{tier}{split}.json" for tier in ("quick", "full") for split in ("", "-holdout")),
+     *_inside("*/seed*/distilled", "distilled"), "*/seed*/eval-*.json"),
+    resumable=True, rerun=True, adopt=(f"*/seed*/distilled/{MARKER}",))
 
 
 def _kind(kind: str) -> Kind:
@@ -186,6 +226,16 @@ def _check_location(out: Path, inputs: Sequence[Path]) -> None:
         raise RetaError(f"--out {out}: {above} is a file, not a folder; choose a folder path")
 
 
+def _written_before_markers(out: Path, kind: str) -> bool:
+    """Whether `out` (no marker) holds only `kind`'s files, one of them a file only reta writes."""
+    spec = _kind(kind)
+    if not spec.adopt:
+        return False
+    files = {p for p in out.rglob("*") if not p.is_dir()}
+    signs = [p for p in owned_paths(out, kind, spec.adopt) if _temporary_target(p.name) is None]
+    return bool(signs) and files <= set(owned_paths(out, kind))
+
+
 def _write_marker(out: Path, kind: str, run_record: dict | None) -> None:
     from reta import io
 
@@ -204,22 +254,33 @@ def claim(out: Path, kind: str, inputs: Sequence[Path] = (), overwrite: bool = F
     if not (out.is_dir() and any(out.iterdir())):
         _write_marker(out, kind, run_record)
         return out
+    record = json.loads(json.dumps(io.to_jsonable(run_record)))
     marker = read_marker(out)
-    if marker is None:
+    adopted = marker is None and _written_before_markers(out, kind)
+    if marker is None and not adopted:
         raise RetaError(f"--out {out} is not empty and was not written by `reta {spec.command}`; "
                         f"choose a new or empty folder (nothing in it was changed)")
+    if adopted:
+        marker = {"kind": kind, "run": record}
     if marker["kind"] != kind:
         raise RetaError(f"--out {out} holds a reta {marker['kind']} artifact, not a {kind}; choose another --out")
+    same_run = marker.get("run") == record
     if overwrite:
+        held = next((inp for inp in inputs if _within(Path(inp).resolve(), out.resolve())), None)
+        if held is not None:
+            raise RetaError(f"--out {out} holds the input {held}, which --overwrite would delete; "
+                            f"choose another --out, or move the input out of it first")
         remove_owned(out, kind)
-    elif is_finished(out, kind):
-        raise RetaError(f"--out {out} already holds a finished {kind} ({spec.finished}); pass --overwrite to "
-                        f"replace it, or choose another --out")
+    elif is_finished(out, kind) and not (spec.rerun and same_run):
+        raise RetaError(f"--out {out} already holds a finished {kind} ({spec.finished})"
+                        f"{' made with other settings' if spec.rerun else ''}; pass --overwrite to replace it, "
+                        f"or choose another --out")
     elif spec.resumable:
-        if marker.get("run") != json.loads(json.dumps(io.to_jsonable(run_record))):
+        if not same_run:
             raise RetaError(f"--out {out} holds an unfinished run with other settings; rerun that command to resume "
                             f"it, pass --overwrite to start over, or choose another --out")
-        return out
+        if not adopted:
+            return out
     else:
         remove_owned(out, kind)
     _write_marker(out, kind, run_record)
