@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,9 +31,9 @@ def _refuse_training(monkeypatch):
 def test_check_real_subset_names_the_short_class():
     info = DatasetInfo("tiny", ("a", "b"), 8, (0.5,) * 3, (0.25,) * 3)
     train = TensorImageSet(torch.zeros(5, 3, 8, 8, dtype=torch.uint8), np.array([0, 0, 0, 1, 1]), info, "tiny")
-    pipeline.check_real_subset(train, SimpleNamespace(holdout=(0.0, 0)), 2)
+    pipeline.check_real_subset(train, (0.0, 0), 2)
     with pytest.raises(RetaError, match=r"class 1 \('b'\) has 2 .*ipc=3"):
-        pipeline.check_real_subset(train, SimpleNamespace(holdout=(0.0, 0)), 3)
+        pipeline.check_real_subset(train, (0.0, 0), 3)
 
 
 def test_sectioned_configs_layer_defaults_yaml_set_flags(tmp_path):

@@ -15,6 +15,10 @@ A rerun reuses finished rows from OUT/rows/ and from ./benchmarks/results/<prese
 match. `--publish` also writes every row into ./benchmarks/results/<preset>-<tier>/ as soon as
 it is finished, and at the end the results JSON into ./benchmarks/results/, and regenerates the
 generated block of ./BENCHMARKS.md.
+
+OUT is claimed (reta.outdir, kind "bench") after every check: a rerun with the same preset, tier
+settings and split continues it (also one written before markers existed), other settings are
+refused unless --overwrite, which removes only what bench wrote under OUT.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reta import io, pipeline
+from reta import io, outdir, pipeline
 from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, build, load_yaml
 from reta.data import load_dataset
 from reta.errors import RetaError
@@ -75,7 +79,8 @@ def row_file(variant: str, synthesis_seed: int, student: str) -> str:
 
 def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: str | None = None,
               methods: list[str] | None = None, synthesis_seeds: int = 1, students: list[str] | None = None,
-              split: str = "test", publish: bool = False, progress: bool = True, hard_labels: bool = True) -> dict:
+              split: str = "test", publish: bool = False, progress: bool = True, hard_labels: bool = True,
+              overwrite: bool = False) -> dict:
     table = presets()
     if preset_name not in table:
         raise RetaError(f"unknown bench preset {preset_name!r}; choose one of {', '.join(table)}")
@@ -103,9 +108,17 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         create_model(s, train.info.num_classes, train.info.image_size)
     teacher = pipeline.cached_teacher(train, test, recipe, dev, progress)
     if any(method == BASELINE for method, _ in variants.values()):
-        pipeline.check_real_subset(train, teacher, spec["ipc"])
+        pipeline.check_real_subset(train, teacher.holdout, spec["ipc"])
+    for cfg in configs.values():
+        pipeline.check_recover(train, teacher.holdout, cfg)
     scored_on = pipeline.score_split(train, test, teacher, split)
     key = pipeline.teacher_key(train, recipe)
+    # What the finished sets under OUT were made with; the variants, seeds and students are not in it,
+    # because each set has its own folder and each row its own key, so a rerun may add some.
+    record = {"preset": spec, "tier": tier, "settings": settings, "split": split, "teacher_key": key}
+    outdir.claim(out, "bench", overwrite=overwrite, run_record=record,
+                 inputs=[*outdir.dataset_inputs(spec["data"], data_root or pipeline.default_data_root()),
+                         teacher.path])
     print(f"[bench] {name}: teacher {teacher.arch} test top-1 {100 * teacher.meta['test_top1']:.1f}%; "
           f"{len(variants)} variants x {synthesis_seeds} synthesis seeds x {len(students)} students, "
           f"scored on {split} ({len(scored_on)} images)", flush=True)

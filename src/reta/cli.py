@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "holdout"], default="test",
                    help="holdout: the teacher's held-out train images, for choosing hyperparameters")
     p.add_argument("--out", required=True)
+    _overwrite_arg(p, "evaluation")
     _config_args(p)
 
     p = sub.add_parser("run", parents=[common], help="the whole pipeline on your data: teacher, distil, evaluate, report.md")
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS.names())}")
     p.add_argument("--ipc", type=int, required=True)
     p.add_argument("--out", required=True, help="everything goes here; rerun the same command to resume")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing a finished or unfinished run with other settings "
+                        "(only the files `reta run` writes)")
     p.add_argument("--arch", default=None, help="teacher architecture (default: configs/run.yaml's)")
     p.add_argument("--teacher", default=None, help="use this teacher folder instead of training one into OUT/teacher")
     p.add_argument("--iterations", type=int, default=None, help="recover budget B")
@@ -122,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reta-demo")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods (default: every registered one)")
     p.add_argument("--config", default=None, help="budgets (default configs/demo.yaml)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing a demo made with other budgets (only the files the demo writes)")
 
     p = sub.add_parser("export-ddranking", help="a folder DD-Ranking 0.2.0 scores as it is (docs/ddranking.md)")
     _data_args(p)
@@ -151,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the results JSON and rows into ./benchmarks/results/ and regenerate ./BENCHMARKS.md")
     p.add_argument("--no-hard-labels", dest="hard_labels", action="store_false",
                    help="skip the hard-label students (HLR/LRS), e.g. for a held-out study of defaults")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing a bench made with other settings (only the files bench "
+                        "writes; rows committed in ./benchmarks/results/ are still reused)")
     return parser
 
 
@@ -230,7 +239,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate(args, dev, ctx) -> int:
-    from reta import config, data, io, pipeline, teacher
+    from reta import config, data, distilled, io, outdir, pipeline, teacher
+    from reta.models import create_model
     from reta.reports import results_table
 
     base = {k: v for k, v in {"student": args.student, "epochs": args.epochs, "seeds": args.seeds}.items() if v is not None}
@@ -245,9 +255,17 @@ def _evaluate(args, dev, ctx) -> int:
         from reta.labels.store import LabelStore
 
         store = LabelStore(Path(args.labels))
+    _, manifest = distilled.read_distilled(args.distilled, expect=train.info)
+    create_model(protocol.student, train.info.num_classes, train.info.image_size)
+    pipeline.check_baseline([protocol], train, t.holdout, int(manifest["ipc"]), args.baseline == "random")
     out = Path(args.out)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        inputs = [*outdir.dataset_inputs(args.data, args.data_root), Path(args.teacher), Path(args.distilled),
+                  *([Path(args.labels)] if args.labels else [])]
+        outdir.claim(out, "evaluation", inputs=inputs, overwrite=args.overwrite)
+    if ctx.world > 1:
+        ctx.barrier()  # no rank trains before rank 0 has claimed --out (or been refused)
+    if ctx.is_main:
         io.write_json(out / "config.json", {"protocol": dataclasses.asdict(protocol), "distilled": args.distilled,
                                             "teacher": args.teacher, "data": args.data, "split": args.split,
                                             "world_size": ctx.world, "versions": io.versions()})
@@ -261,7 +279,8 @@ def _evaluate(args, dev, ctx) -> int:
 
 
 def cmd_run(args) -> int:
-    from reta import config, data, io, pipeline, runtime, teacher
+    from reta import config, data, io, outdir, pipeline, runtime, teacher
+    from reta.models import create_model
     from reta.reports import results_table, run_report, topology_report
 
     dev = runtime.device()
@@ -273,13 +292,22 @@ def cmd_run(args) -> int:
     train, test = data.load_dataset(args.data, args.data_root, args.image_size, args.download)
     out = Path(args.out)
     progress = not args.quiet
-    if args.teacher:
-        t = teacher.load_teacher(args.teacher, expect=train.info, dev=dev)
-    else:
-        t = pipeline.teacher_at(out / "teacher", train, test, cfgs["teacher"], dev, progress)
-    if args.baseline == "random":
-        pipeline.check_real_subset(train, t, args.ipc)
+    t = teacher.load_teacher(args.teacher, expect=train.info, dev=dev) if args.teacher else None
+    # Everything the teacher, the distillation and the students would refuse, refused before --out
+    # is claimed, so a corrected command starts clean instead of meeting "other settings".
+    if t is None:
+        create_model(cfgs["teacher"].arch, train.info.num_classes, train.info.image_size)
+    create_model(cfgs["protocol"].student, train.info.num_classes, train.info.image_size)
+    holdout = t.holdout if t is not None else (cfgs["teacher"].holdout_fraction, cfgs["teacher"].seed)
+    pipeline.check_recover(train, holdout, cfgs["recover"])
+    pipeline.check_baseline([cfgs["protocol"]], train, holdout, args.ipc, args.baseline == "random")
     resolved = {name: dataclasses.asdict(cfg) for name, cfg in cfgs.items()}
+    record = {"configs": resolved, "data_hash": train.content_hash(), "baseline": args.baseline,
+              "teacher_sha256": t.weights_hash if t is not None else None}
+    outdir.claim(out, "run", overwrite=args.overwrite, run_record=record,
+                 inputs=[*outdir.dataset_inputs(args.data, args.data_root), *([Path(args.teacher)] if args.teacher else [])])
+    if t is None:
+        t = pipeline.teacher_at(out / "teacher", train, test, cfgs["teacher"], dev, progress)
     io.write_json(out / "config.json", {**resolved, "data": args.data, "teacher_dir": str(t.path),
                                         "versions": io.versions()})
     result = pipeline.run_set(train=train, scored_on=test, teacher=t, folder=out / "distilled", out=out,
@@ -320,7 +348,7 @@ def cmd_demo(args) -> int:
     from reta.demo import run_demo
 
     run_demo(Path(args.out), methods=args.methods.split(",") if args.methods else None,
-             config_path=Path(args.config) if args.config else None, progress=not args.quiet)
+             config_path=Path(args.config) if args.config else None, progress=not args.quiet, overwrite=args.overwrite)
     return 0
 
 
@@ -347,7 +375,7 @@ def cmd_bench(args) -> int:
     run_bench(args.preset, args.tier, Path(args.out) if args.out else None, args.data_root,
               methods=args.methods.split(",") if args.methods else None, synthesis_seeds=args.synthesis_seeds,
               students=args.students.split(",") if args.students else None, split=args.split, publish=args.publish,
-              progress=not args.quiet, hard_labels=args.hard_labels)
+              progress=not args.quiet, hard_labels=args.hard_labels, overwrite=args.overwrite)
     return 0
 
 

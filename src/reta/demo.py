@@ -9,15 +9,17 @@ sentence per method what its numbers mean, including when distillation loses to 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
-from reta import io, pipeline
+from reta import io, outdir, pipeline
 from reta.config import load_yaml
 from reta.data import load_dataset
 from reta.distilled import read_distilled
+from reta.models import create_model
 from reta.recover import METHODS
 from reta.reports import _save_figure, image_grid, results_table, topology_report
 from reta.runtime import device
@@ -27,7 +29,9 @@ PAPER_ITERATIONS = 2000  # SRe2L/FADRM/RETA recover budget
 
 
 def run_demo(out: Path, methods: list[str] | None = None, config_path: Path | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, overwrite: bool = False) -> dict:
+    """Everything under `out` (claimed as a "demo": rerun the same command to resume; `overwrite` starts over)."""
+    out = Path(out)
     settings = load_yaml(config_path or pipeline.configs_dir() / "demo.yaml")
     ipcs = [int(i) for i in settings.pop("ipcs", [1, 10])]
     methods = methods or METHODS.names()
@@ -41,9 +45,19 @@ def run_demo(out: Path, methods: list[str] | None = None, config_path: Path | No
     dev = device()
     t_start = time.time()
     train, test = load_dataset("digits")
-    teacher = pipeline.teacher_at(out / "teacher", train, test, first["teacher"], dev, progress)
+    info, recipe = train.info, first["teacher"]
+    create_model(recipe.arch, info.num_classes, info.image_size)
+    holdout = (recipe.holdout_fraction, recipe.seed)
+    for cfg in cfgs.values():
+        create_model(cfg["protocol"].student, info.num_classes, info.image_size)
+        pipeline.check_recover(train, holdout, cfg["recover"])
     for ipc in ipcs:
-        pipeline.check_real_subset(train, teacher, ipc)
+        pipeline.check_real_subset(train, holdout, ipc)
+    record = {"ipcs": ipcs, "methods": methods,
+              "configs": {f"ipc{ipc}/{m}": {name: dataclasses.asdict(c) for name, c in cfg.items()}
+                          for (ipc, m), cfg in cfgs.items()}}
+    outdir.claim(out, "demo", overwrite=overwrite, run_record=record)
+    teacher = pipeline.teacher_at(out / "teacher", train, test, recipe, dev, progress)
     print(f"[demo] teacher test top-1 {100 * teacher.meta['test_top1']:.1f}%", flush=True)
     io.write_json(out / "demo_config.json", {"ipcs": ipcs, "methods": methods, **settings, "versions": io.versions()})
     results: dict[tuple[int, str], dict] = {}
@@ -128,9 +142,9 @@ def _sentence(m: str, results: dict, ipcs: list[int]) -> str:
 def _report(results, ipcs, methods, cfg, teacher, n_test, table, topo, seconds, dev) -> list[str]:
     rec, prot, tch = cfg["recover"], cfg["protocol"], cfg["teacher"]
     t1 = 100 * float(teacher.meta["test_top1"])
-    losers = [ipc for ipc in ipcs
-              if max(results[ipc, m]["top1_final_mean"] for m in methods if m != BASELINE)
-              <= results[ipc, BASELINE]["top1_final_mean"]]
+    others = [m for m in methods if m != BASELINE]  # none with --methods random
+    losers = [ipc for ipc in ipcs if others
+              and max(results[ipc, m]["top1_final_mean"] for m in others) <= results[ipc, BASELINE]["top1_final_mean"]]
     md = [
         f"# reta demo: what distillation buys on digits (IPC {', '.join(map(str, ipcs))})", "",
         f"A teacher ({tch.arch}, {tch.epochs} epochs, test top-1 {t1:.1f}%) is distilled by every method into "

@@ -11,7 +11,10 @@ every number they print is produced the same way:
   `<out>/baseline-random/`, so its images are the ones `reta distill --method random` writes;
   whether every class has IPC images outside the teacher's held-out split is checked before any
   student trains;
-* every evaluation is cached as JSON beside its inputs, so a rerun only trains what is missing.
+* every evaluation is cached as JSON beside its inputs, so a rerun only trains what is missing;
+* the commands check what a step would refuse (check_recover, check_baseline, check_real_subset)
+  before they claim their --out (reta.outdir kinds evaluation, run, demo, bench), so a refused
+  command leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ from pathlib import Path
 
 import torch
 
-from reta import io
+from reta import io, outdir
 from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, apply_overrides, build, load_yaml
 from reta.data.dataset import ImageSet, split_holdout
 from reta.distilled import MANIFEST, read_distilled
 from reta.errors import RetaError
 from reta.evaluate import evaluate, hlr, ior, lrs
-from reta.recover import distill, preset
+from reta.recover import check_feasible, distill, preset
 from reta.retrieval.pool import default_cache_dir
 from reta.teacher import Teacher, load_teacher, squeeze
 
 REPO = Path(__file__).resolve().parents[2]
-BASELINE_DIR = "baseline-random"
+BASELINE_DIR = outdir.BASELINE
 
 
 def configs_dir() -> Path:
@@ -120,14 +123,34 @@ def random_config(ipc: int, seed: int) -> RecoverConfig:
     return build(RecoverConfig, base={**preset("random"), "ipc": ipc, "seed": seed})
 
 
-def check_real_subset(train: ImageSet, teacher: Teacher, ipc: int) -> None:
-    """Refuse an IPC that some class cannot supply from real images outside the held-out split."""
-    fit, _ = split_holdout(train, *teacher.holdout)
+def check_real_subset(train: ImageSet, holdout: tuple[float, int], ipc: int) -> None:
+    """Refuse an IPC that some class cannot supply from real images outside the held-out split.
+
+    `holdout`: the teacher's (fraction, seed), known from its recipe before it is trained, so a
+    command can refuse before it writes anything."""
+    fit, _ = split_holdout(train, *holdout)
     for c in range(train.info.num_classes):
         have = len(fit.indices_of_class(c))
         if have < ipc:
             raise RetaError(f"random baseline: class {c} ({train.info.classes[c]!r}) has {have} training images "
                             f"outside the teacher's held-out split, fewer than ipc={ipc}; lower --ipc or drop --baseline")
+
+
+def check_baseline(protocols: list[EvalProtocol], train: ImageSet, holdout: tuple[float, int], ipc: int,
+                   baseline: bool) -> None:
+    """Refuse a random baseline that cannot be made (too few real images) or compared (stored labels)."""
+    if not baseline:
+        return
+    if any(p.labels == "stored" for p in protocols):
+        raise RetaError("--baseline random with stored labels: the label store belongs to the distilled set; "
+                        "compare with the random subset under labels=online")
+    check_real_subset(train, holdout, ipc)
+
+
+def check_recover(train: ImageSet, holdout: tuple[float, int], cfg: RecoverConfig) -> None:
+    """What `distill` would refuse about `cfg` on this data, for commands that claim --out before distilling."""
+    fit, _ = split_holdout(train, *holdout)
+    check_feasible(fit, cfg)
 
 
 def score_split(train: ImageSet, test: ImageSet, teacher: Teacher, split: str) -> ImageSet:
@@ -186,9 +209,6 @@ def run_set(*, train: ImageSet, scored_on: ImageSet, teacher: Teacher, folder: P
     set (eval-<student>-<labels>.json) so a rerun trains only the missing students. `extra`:
     keys added to result.json.
     """
-    if baseline and any(p.labels == "stored" for p in protocols):
-        raise RetaError("--baseline random with stored labels: the label store belongs to the distilled set; "
-                        "compare with the random subset under labels=online")
     main = ctx is None or ctx.is_main
     if cfg is not None:
         syn, manifest = distilled(train, [teacher], cfg, folder, dev, progress, cache_dir=cache_dir)
@@ -196,8 +216,7 @@ def run_set(*, train: ImageSet, scored_on: ImageSet, teacher: Teacher, folder: P
         syn, manifest = read_distilled(folder, expect=train.info)
     ipc = int(manifest["ipc"])
     seed = int(manifest.get("config", {}).get("seed", 0))
-    if baseline:
-        check_real_subset(train, teacher, ipc)
+    check_baseline(protocols, train, teacher.holdout, ipc, baseline)
     method = manifest.get("method", "unknown")
     base_folder = out / BASELINE_DIR
     real = None
