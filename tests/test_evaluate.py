@@ -14,7 +14,7 @@ from reta.evaluate.metrics import ars, exp_normalise, hlr, ior, lrs
 from reta.evaluate.train import evaluate, mean_std, param_groups, train_student
 from reta.labels.store import LabelStore, relabel
 from reta.models import create_model
-from reta.teacher import cosine_lr
+from reta.schedule import cosine_lr
 
 CPU = torch.device("cpu")
 PROTOCOL = EvalProtocol(student="convnet2-w8-in", epochs=4, batch_size=5, lr=1e-3, precision="fp32", seeds=1)

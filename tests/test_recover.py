@@ -14,7 +14,7 @@ from reta.errors import RetaError
 from reta.losses.bn import BNStatHooks, batch_moments, bn_layer_loss
 from reta.recover import METHODS, distill, preset
 from reta.recover.loop import default_jitter, mix, plan_groups, stage_plan
-from reta.teacher import cosine_lr
+from reta.schedule import cosine_lr
 
 CPU = torch.device("cpu")
 

@@ -1,7 +1,7 @@
 """Recover cost on one GPU at ImageNet scale, with no dataset and no download.
 
 `python -m reta.gpu_bench --out benchmarks/results/gpu.json` (benchmarks/gpu.sh) times the real
-`reta.recover.distill` for FADRM, DRC, PTA and RETA with:
+`reta.recover.distill` for every registered method that optimises (`timed_methods()`) with:
 
 * a random-weight torchvision ResNet-18 at 224 px (timing does not depend on the weights; its
   BatchNorm running statistics are calibrated on the synthetic images so the BN-matching loss
@@ -9,7 +9,7 @@
 * an in-memory synthetic dataset: `classes` classes of random uint8 images, `pool_per_class`
   (at least `ipc`) per class, so the RDED initialisation and the DRC/PTA pool exist;
 * IPC-50-sized batches: **per-class groups of `ipc` images for every method** (batch_size = ipc,
-  batch_composition = per-class), so all four methods optimise the same tensor shapes. (FADRM's
+  batch_composition = per-class), so all methods optimise the same tensor shapes. (FADRM's
   own ImageNet setting is class-mixed batches of 100; per image its cost is a little lower there.)
 
 Per method: a short warm-up run (`warmup` steps: CUDA/cuDNN initialisation, the pool cache
@@ -41,10 +41,9 @@ import torch
 from reta import config as config_mod
 from reta.data.dataset import DatasetInfo, TensorImageSet
 from reta.models import create_model
-from reta.recover import distill, preset
+from reta.recover import METHODS, distill, preset
 from reta.teacher import Teacher, freeze
 
-METHODS = ("fadrm", "drc", "pta", "reta")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FIELD_BUDGET = 2000
@@ -52,6 +51,11 @@ FIELD_BUDGET = 2000
 REFERENCE_4090 = {"fadrm": {"seconds_per_image": 0.47, "memory_gb": 2.9},
                   "fadrm+": {"seconds_per_image": 1.09, "memory_gb": 11.0},
                   "reta": {"seconds_per_image": 1.31, "memory_gb": 13.4}}
+
+
+def timed_methods() -> tuple[str, ...]:
+    """The registered methods with a recover budget; the zero-step selections (random, rded) have nothing to time."""
+    return tuple(n for n in METHODS.names() if METHODS.get(n).preset.get("iterations") != 0)
 
 
 def synthetic_set(classes: int, per_class: int, size: int, seed: int = 0) -> TensorImageSet:
@@ -129,8 +133,9 @@ def count_host_syncs(data, teacher, cfg, out: Path, dev, cache: Path) -> dict:
 
 
 def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50, budget: int = 200,
-        methods=METHODS, pool_per_class: int = 300, dev: torch.device | None = None, warmup: int = 8,
-        precision: str = "auto", compile_teacher: bool = False, sync_check: bool = False, seed: int = 0) -> dict:
+        methods: tuple[str, ...] | None = None, pool_per_class: int = 300, dev: torch.device | None = None,
+        warmup: int = 8, precision: str = "auto", compile_teacher: bool = False, sync_check: bool = False,
+        seed: int = 0) -> dict:
     """Time recover per method; returns the JSON-ready result (see module docstring)."""
     from reta.runtime import autocast_dtype
 
@@ -145,7 +150,7 @@ def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50
     with tempfile.TemporaryDirectory(prefix="reta-gpu-bench-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        for method in methods:
+        for method in methods or timed_methods():
             cfg = method_config(method, ipc, budget, size, pool_per_class, precision, compile_teacher)
             warm, warm_wall = _time_distill(data, teacher, dataclasses.replace(cfg, iterations=warmup),
                                             tmp / f"{method}-warmup", dev, cache)
@@ -160,7 +165,7 @@ def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50
                 f"seconds_per_image_at_{FIELD_BUDGET}_steps_estimate": t["group_seconds"] / n_images * FIELD_BUDGET / budget,
                 "wall_seconds": wall, "group_seconds": t["group_seconds"], "setup_seconds": t.get("setup_seconds", 0.0),
                 "group_seconds_each": [g["seconds"] for g in manifest["groups"]],
-                "drc_share": manifest["drc_share"], "pta_share": manifest["pta_share"],
+                "drc_share": manifest.get("drc_share", 0.0), "pta_share": manifest.get("pta_share", 0.0),
                 "peak_memory_mb": manifest["peak_memory_mb"],
                 "peak_memory_gb": manifest["peak_memory_mb"] / 1024.0,
                 "warmup": {"steps": warmup, "wall_seconds": warm_wall, "setup_seconds": warm["timings"].get("setup_seconds", 0.0)},
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=200)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--pool-per-class", type=int, default=300)
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(timed_methods()))
     p.add_argument("--precision", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher forward")
     p.add_argument("--sync-check", action="store_true", help="count host synchronisations of a FADRM run")

@@ -124,7 +124,6 @@ class Timer:
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
-        self._start = time.perf_counter()
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -133,6 +132,3 @@ class Timer:
             yield
         finally:
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._start

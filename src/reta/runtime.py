@@ -8,7 +8,6 @@ import os
 import numpy as np
 import torch
 
-from reta.data.dataset import DatasetInfo, ImageSet
 from reta.errors import RetaError
 
 
@@ -62,22 +61,6 @@ def derive_seed(*parts: int | str) -> int:
 
     h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, data: ImageSet, info: DatasetInfo, dev: torch.device,
-             batch_size: int = 500, dtype: torch.dtype | None = None) -> float:
-    """Top-1 accuracy (fraction) of `model` on `data`, normalised with `info`."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for images, labels in data.batches(batch_size):
-        x = info.normalise(images.to(dev))
-        with autocast(dtype, dev):
-            pred = model(x).argmax(1)
-        correct += int((pred.cpu() == labels).sum())
-    model.train(was_training)
-    return correct / max(1, len(data))
 
 
 def peak_memory_mb(dev: torch.device) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,10 @@ from reta.config import SqueezeConfig
 from reta.data.augment import apply_flips, random_crop_pad, random_flips
 from reta.data.dataset import DatasetInfo, ImageSet, split_holdout
 from reta.errors import RetaError
+from reta.evaluate import accuracy
 from reta.models import create_model
-from reta.runtime import accuracy, autocast, autocast_dtype, seed_everything
+from reta.runtime import autocast, autocast_dtype, seed_everything
+from reta.schedule import cosine_lr
 
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
@@ -119,11 +120,6 @@ def load_teacher(path: str | Path, expect: DatasetInfo | None = None, dev: torch
     load_weights(model, read_state_dict(path / WEIGHTS), str(path / WEIGHTS))
     model = freeze(model.to(dev or torch.device("cpu")))
     return Teacher(model=model, arch=meta["arch"], info=info, meta=meta, path=path, weights_hash=digest)
-
-
-def cosine_lr(base: float, step: int, total: int, stretch: float = 1.0) -> float:
-    """base * 0.5 * (1 + cos(pi * step / (total * stretch))); stretch 2 decays only to half (RDED/FADRM eval)."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total * stretch)))
 
 
 def squeeze(train: ImageSet, test: ImageSet, cfg: SqueezeConfig, out_dir: Path, dev: torch.device,

@@ -1,6 +1,6 @@
 """Student evaluation under a named protocol and DD-Ranking scores (the random baseline is `--method random`)."""
 
 from reta.evaluate.metrics import ars, hlr, ior, lrs
-from reta.evaluate.train import evaluate, train_student
+from reta.evaluate.train import accuracy, evaluate, train_student
 
-__all__ = ["ars", "evaluate", "hlr", "ior", "lrs", "train_student"]
+__all__ = ["accuracy", "ars", "evaluate", "hlr", "ior", "lrs", "train_student"]

@@ -36,8 +36,8 @@ from reta.errors import RetaError
 from reta.labels.store import Batch, LabelStore, draw_epoch, labelling_teachers, replay_views
 from reta.losses.kd import hard_cutmix_loss, kd_loss
 from reta.models import create_model
-from reta.runtime import accuracy, autocast, autocast_dtype, derive_seed, peak_memory_mb
-from reta.teacher import cosine_lr
+from reta.runtime import autocast, autocast_dtype, derive_seed, peak_memory_mb
+from reta.schedule import cosine_lr
 
 LABEL_MODES = ("online", "stored", "hard")
 STD_KIND = "sample std (ddof=1) over seeds; 0.0 for a single seed"
@@ -120,6 +120,22 @@ def rank_rows(n: int, rank: int, world: int) -> slice:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: ImageSet, info: DatasetInfo, dev: torch.device,
+             batch_size: int = 500, dtype: torch.dtype | None = None) -> float:
+    """Top-1 accuracy (fraction) of `model` on `data`, normalised with `info`."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for images, labels in data.batches(batch_size):
+        x = info.normalise(images.to(dev))
+        with autocast(dtype, dev):
+            pred = model(x).argmax(1)
+        correct += int((pred.cpu() == labels).sum())
+    model.train(was_training)
+    return correct / max(1, len(data))
 
 
 @torch.no_grad()

@@ -41,7 +41,8 @@ from reta.errors import RetaError
 from reta.losses.bn import BNStatHooks
 from reta.recover.strategy import METHODS, Context, Group, Method, Step
 from reta.runtime import autocast, autocast_dtype, derive_seed, peak_memory_mb
-from reta.teacher import Teacher, cosine_lr
+from reta.schedule import cosine_lr
+from reta.teacher import Teacher
 
 LEDGER = "progress"
 INIT_DIR = "init"  # initial images per class while a run is unfinished
