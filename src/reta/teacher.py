@@ -26,7 +26,7 @@ from reta.data.augment import apply_flips, random_crop_pad, random_flips
 from reta.data.dataset import DatasetInfo, ImageSet, split_holdout
 from reta.errors import RetaError
 from reta.evaluate import accuracy
-from reta.models import create_model
+from reta.models import TorchvisionModel, create_model
 from reta.runtime import autocast, autocast_dtype, seed_everything
 from reta.schedule import cosine_lr
 
@@ -82,8 +82,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load our own state dicts or torchvision ones (conv1..., fc.*) into a registry model."""
     own = model.state_dict()
-    if not set(state) & set(own) and hasattr(model, "net"):
-        state = {("head." + k[3:]) if k.startswith("fc.") else "net." + k: v for k, v in state.items()}
+    if not set(state) & set(own) and isinstance(model, TorchvisionModel):
+        state = model.from_torchvision(state)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

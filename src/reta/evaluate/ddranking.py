@@ -69,15 +69,9 @@ def dd_model_name(arch: str, role: str) -> tuple[str, bool]:
 
 
 def torchvision_state_dict(teacher: Teacher) -> dict[str, torch.Tensor]:
-    """The teacher's weights, with our ResNet wrapper's prefixes mapped back to torchvision's names."""
-    out = {}
-    for key, value in teacher.model.state_dict().items():
-        if key.startswith("net."):
-            key = key[4:]
-        elif key.startswith("head."):
-            key = "fc." + key[5:] if teacher.arch.startswith("resnet") else key
-        out[key] = value.detach().cpu().clone()
-    return out
+    """The weights of a torchvision-model teacher under torchvision's names."""
+    state = {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()}
+    return teacher.model.to_torchvision(state)
 
 
 def ddranking_state_dict(teacher: Teacher, stats=CIFAR_STATS) -> dict[str, torch.Tensor]:

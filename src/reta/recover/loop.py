@@ -193,9 +193,10 @@ class Recover:
         self.method: Method = METHODS.get(cfg.method).build(ctx)
         self.total_steps = sum(self.budgets) if self.method.optimises else 0
         self.hooks = [BNStatHooks(m) for m in self.teachers] if self.total_steps else []
-        if self.total_steps and any(not h.layers for h in self.hooks):
-            raise RetaError(f"a teacher has no BatchNorm layers; --method {cfg.method} matches BN statistics and "
-                            f"needs a BN teacher (e.g. convnet3, resnet18)")
+        for t, h in zip(teachers, self.hooks):
+            if not h.layers:
+                raise RetaError(f"teacher {t.arch} at {t.path} has no BatchNorm layers; --method {cfg.method} matches "
+                                f"BN statistics and needs a BN teacher (e.g. convnet3, resnet18, mobilenet_v2)")
         self.components = [c for c in (self.method.anchor, *self.method.terms) if c is not None]
 
     @contextlib.contextmanager
