@@ -86,7 +86,7 @@ def test_damaged_marker_is_refused(tmp_path):
 def test_finished_artifact_needs_overwrite_which_replaces_only_owned_files(tmp_path):
     outdir.claim(tmp_path, "distilled", run_record={"ipc": 2})
     for rel in ("images/00000/00000_00000.png", "images/00001/00001_00000.png", "progress/group_00000.json",
-                "manifest.json", "run.json"):
+                "manifest.json", "init/class_00000.safetensors"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"ours")
     (tmp_path / "images" / "00001" / "notes.txt").write_bytes(b"the user's")

@@ -72,7 +72,7 @@ def work(tmp_path_factory):
 
 
 DISTILL = {"fadrm": ["--method", "fadrm", "--ipc", "3", "--iterations", "8"],  # 3 class-mixed groups
-           # 5 per-class groups of 2 classes x 4 images: DRC retrieval, and PTA (4 points per class)
+           # 8 class-mixed groups (4 slots x 2 chunks of 8 classes): DRC retrieval, and PTA (4 points per class)
            "reta": ["--method", "reta", "--ipc", "4", "--iterations", "8", "--set", "batch_size=8"]}
 
 
@@ -90,7 +90,7 @@ def test_two_processes_write_the_same_images_as_one(method, work):
     assert [k for k in a if a[k] != b[k]] == []
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (single, double))
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
-    assert len(m2["groups"]) == (3 if method == "fadrm" else 5) and m2["resumed_groups"] == 0
+    assert len(m2["groups"]) == (3 if method == "fadrm" else 8) and m2["resumed_groups"] == 0
     assert not list(double.rglob(".*.tmp"))
 
 
@@ -136,7 +136,7 @@ def test_evaluate_under_torchrun_trains_one_student_with_ddp(work):
     assert all(0.0 <= acc <= 1.0 for _, acc in result["runs"][0]["curve"])
     assert result["top1_final_mean"] == result["runs"][0]["top1_final"] and result["top1_final_std"] == 0.0
     assert result["seconds"] > 0 and json.loads((out / "config.json").read_text())["world_size"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "result.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".reta-artifact.json", "config.json", "result.json"]
 
 
 @pytest.mark.parametrize("labels", ["hard", "online", "stored"])

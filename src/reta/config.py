@@ -170,12 +170,13 @@ class RecoverConfig:
     precision: Precision = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the teacher forward (GPU; falls back to eager where unavailable)
+    groups_per_step: int = 0  # independent groups stacked in one teacher pass; 0 = by device (recover.loop)
     drc: DRCConfig = field(default_factory=DRCConfig)
     pta: PTAConfig = field(default_factory=PTAConfig)
 
     def __post_init__(self):
         _positive(self, "ipc", "num_stages", "batch_size", "rded_crops", "rded_factor", "rded_candidates")
-        _non_negative(self, "iterations", "r_bn", "first_bn_multiplier")
+        _non_negative(self, "iterations", "r_bn", "first_bn_multiplier", "groups_per_step")
         _learning_rate(self.lr)
         for name in ("beta1", "beta2"):
             v = getattr(self, name)

@@ -27,34 +27,46 @@ def bn_layer_loss(batch_mean: torch.Tensor, batch_var: torch.Tensor, running_mea
 
 
 class BNStatHooks:
-    """Forward hooks that record the input moments of every BatchNorm2d of a model."""
+    """Forward hooks that record the input moments of every BatchNorm2d of a model.
+
+    `splits` (row counts) makes them reduce over each block of rows separately: several
+    independent groups stacked in one forward each get their own statistics.
+    """
 
     def __init__(self, model: nn.Module):
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        self.moments: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
+        self.moments: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * len(self.layers)
         self.enabled = True
+        self.splits: list[int] | None = None
         self._handles = [layer.register_forward_hook(self._make(i)) for i, layer in enumerate(self.layers)]
 
     def _make(self, i: int):
         def hook(_module, inputs, _output):
             if self.enabled:
-                self.moments[i] = batch_moments(inputs[0])
+                parts = inputs[0].split(self.splits) if self.splits else (inputs[0],)
+                self.moments[i] = [batch_moments(p) for p in parts]
 
         return hook
 
-    def loss(self, first_multiplier: float) -> torch.Tensor:
-        """Sum over layers of the matching term, the first layer weighted by first_multiplier."""
-        total = None
-        for i, (layer, mom) in enumerate(zip(self.layers, self.moments)):
-            if mom is None:
+    def group_losses(self, first_multiplier: float) -> list[torch.Tensor]:
+        """Per row block: the sum over layers of the matching term, the first layer weighted by first_multiplier."""
+        totals = None
+        for i, (layer, moms) in enumerate(zip(self.layers, self.moments)):
+            if moms is None:
                 continue
-            term = bn_layer_loss(mom[0], mom[1], layer.running_mean.float(), layer.running_var.float())
-            term = term * (first_multiplier if i == 0 else 1.0)
-            total = term if total is None else total + term
+            weight = first_multiplier if i == 0 else 1.0
+            terms = [weight * bn_layer_loss(m[0], m[1], layer.running_mean.float(), layer.running_var.float())
+                     for m in moms]
+            totals = terms if totals is None else [a + b for a, b in zip(totals, terms)]
         self.moments = [None] * len(self.layers)
-        if total is None:
+        self.splits = None  # a split applies to the one forward it was set for
+        if totals is None:
             raise ValueError("teacher has no BatchNorm2d layers: BN matching needs a BN teacher (e.g. convnet3, resnet18)")
-        return total
+        return totals
+
+    def loss(self, first_multiplier: float) -> torch.Tensor:
+        """The matching term of the whole batch (no splits)."""
+        return self.group_losses(first_multiplier)[0]
 
     def remove(self) -> None:
         for h in self._handles:

@@ -36,6 +36,7 @@ class TopologyTerm(Term):
         self.ctx, self.cfg = ctx, ctx.cfg.pta
         self._refs: dict[tuple[int, int], topology.Reference] = {}
         self._slot_features: dict[tuple[int, int], torch.Tensor] = {}
+        self._state: dict[int, dict] = {}
 
     # -- per-class setup ------------------------------------------------------------------
     def reference(self, c: int, size: int) -> topology.Reference:
@@ -63,18 +64,18 @@ class TopologyTerm(Term):
             self.reference(c, size)
             self.slot_features(c, size)
 
-    # -- per group ------------------------------------------------------------------------
+    # -- per group (state keyed by group, so several groups can share one batched step) -------
     def begin_group(self, group: Group) -> None:
         ipc = self.ctx.cfg.ipc
-        self.classes = [c for c in np.unique(group.classes).tolist() if ipc >= self.cfg.min_points]
-        self.refreshes: list[dict] = []
-        self.grad = None
+        classes = [c for c in np.unique(group.classes).tolist() if ipc >= self.cfg.min_points]
+        self._state[group.key] = {"classes": classes, "refreshes": [], "grad": None}
 
     def loss(self, z_live: torch.Tensor, group: Group, size: int) -> torch.Tensor:
         """The (normalised, reduced) topology loss of every class's cloud, differentiable in z_live."""
         ipc, cfg = self.ctx.cfg.ipc, self.cfg
+        classes = self._state[group.key]["classes"]
         total = z_live.new_zeros(())
-        for c in self.classes:
+        for c in classes:
             rows = np.flatnonzero(group.classes == c)
             live_slots = set((group.slots[rows] % ipc).tolist())
             others = [i for i in range(ipc) if i not in live_slots]
@@ -85,34 +86,36 @@ class TopologyTerm(Term):
                 topology.signature(cloud, ref.kappa, cfg.k, cfg.distance, cfg.grid, cfg.infinite_bars),
                 ref.signature, cfg.gamma)
             total = total + (term / ref.baseline if cfg.normalise else term)
-        if cfg.class_reduction == "mean" and self.classes:
-            total = total / len(self.classes)
+        if cfg.class_reduction == "mean" and classes:
+            total = total / len(classes)
         return total
 
     def refresh(self, group: Group, step: Step, x: torch.Tensor) -> None:
+        state = self._state[group.key]
         x_r = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             value = self.loss(self.ctx.features(x_r), group, step.size)
             grad = torch.autograd.grad(value, x_r)[0] if value.requires_grad else torch.zeros_like(x_r)
         record = {"stage": step.stage, "step": step.local, "loss": float(value.detach())}
-        if self.grad is not None and step.local > 0:  # within a stage: the g applied so far vs the exact one now
-            cosine = float(F.cosine_similarity(self.grad.flatten(), grad.flatten(), dim=0))
+        if state["grad"] is not None and step.local > 0:  # within a stage: the g applied so far vs the exact one now
+            cosine = float(F.cosine_similarity(state["grad"].flatten(), grad.flatten(), dim=0))
             # With a refresh every step the applied gradient *is* the exact one; the cosine with the
             # previous step's gradient is kept as the measure of how fast the exact gradient turns.
             record["cosine"] = 1.0 if self.cfg.refresh_every == 1 else cosine
             record["previous_step_cosine" if self.cfg.refresh_every == 1 else "stale_cosine"] = cosine
-        self.refreshes.append(record)
-        self.x_r, self.value_r, self.grad = x_r.detach(), value.detach(), grad.detach()
+        state["refreshes"].append(record)
+        state.update(x_r=x_r.detach(), value_r=value.detach(), grad=grad.detach())
 
     def value(self, group: Group, step: Step, x: torch.Tensor) -> torch.Tensor:
-        if not self.classes:
+        state = self._state[group.key]
+        if not state["classes"]:
             return x.new_zeros(())
         if step.local % self.cfg.refresh_every == 0:
             self.refresh(group, step, x)
-        return self.cfg.weight * (self.value_r + (self.grad * (x - self.x_r)).sum())
+        return self.cfg.weight * (state["value_r"] + (state["grad"] * (x - state["x_r"])).sum())
 
     def end_group(self, group: Group) -> dict:
-        return {"refreshes": self.refreshes}
+        return {"refreshes": self._state.pop(group.key)["refreshes"]}
 
 
 def pta_summary(ledger: list[dict]) -> dict:
