@@ -271,3 +271,24 @@ def test_batched_groups_equal_groups_run_one_by_one(method, digits, digits_teach
         assert rec_b["stages"][-1]["final_ce"] == pytest.approx(rec_a["stages"][-1]["final_ce"], rel=1e-3, abs=1e-5)
         if method == "reta":
             assert [r["pool_index"] for r in rec_b["drc"]] == [r["pool_index"] for r in rec_a["drc"]]
+
+
+def test_patch_pool_holds_each_image_s_lowest_ce_crop(digits, digits_teacher, tmp_path):
+    """drc.pool=patches: candidates are RDED patches (the best of a few square crops), not whole images."""
+    import torch.nn.functional as F
+
+    from reta.retrieval.pool import Pool
+
+    train, _ = digits
+    model = digits_teacher.model
+    whole = Pool(train, model, "h", [16], 0, 0, CPU, tmp_path / "a")
+    patches = Pool(train, model, "h", [16], 0, 0, CPU, tmp_path / "b", patch_crops=5)
+    assert "boxes" in patches.get(0) and "boxes" not in whole.get(0)
+    pos = torch.arange(6)
+    x_whole, x_patch = whole.normalised(0, pos), patches.normalised(0, pos)
+    assert x_patch.shape == x_whole.shape and not torch.allclose(x_patch, x_whole)
+    with torch.no_grad():
+        ce = [F.cross_entropy(model(x), torch.zeros(6, dtype=torch.long)) for x in (x_whole, x_patch)]
+    assert torch.isfinite(torch.stack(ce)).all()
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "drc-patches", "drc", **{"drc.pool": "patches"})
+    assert len(manifest["drc_selections"]) == 3 * 40

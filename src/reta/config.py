@@ -89,6 +89,10 @@ class DRCConfig:
     lam: float = 0.1  # weight of complexity in J = (1-lam)*fit + lam*complexity
     prefilter: int = 32  # top-M candidates by fit, then min-max normalise inside them
     pool_per_class: int = 0  # 0 = every (non-held-out) training image of the class
+    # images: each candidate is a whole real image (the paper's "1x1 patch" read literally);
+    # patches: each is the image's RDED patch (its lowest-CE crop), the kind of image FADRM's
+    # fixed anchors are, so retrieval changes which real patch is injected, not what kind.
+    pool: Literal["images", "patches"] = "images"
     # Feature space of the fit: `raw` is the paper's Norm(phi); `centred` subtracts the class's
     # real mean feature first, so queries that drift to the class prototype do not all retrieve
     # the same prototypical image (docs/reta.md, "DRC collapse").
@@ -105,6 +109,7 @@ class DRCConfig:
         _non_negative(self, "prefilter", "pool_per_class")
         _positive(self, "feature_batch")
         _enum(self, "features")
+        _enum(self, "pool")
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class RetrievalAnchor(Anchor):
             else:
                 p, s = choose(fit, comp, cfg.lam, cfg.prefilter, cfg.distinct)
                 picked, score = p.cpu(), s.cpu()
-            out[rows] = ctx.info.normalise(ctx.pool.images(c, picked).to(x_next.device))
+            out[rows] = ctx.pool.normalised(c, picked).to(x_next.device)
             train_indices = ctx.pool.dataset_indices(c, picked)
             for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
                 records.append({"stage": stage, "slot": int(group.slots[r]), "class": c, "pool_index": int(p),

@@ -80,7 +80,8 @@ class Context:
         from reta.retrieval.pool import Pool
 
         return Pool(self.train, self.teachers[0], self.teacher_hashes[0], sorted(set(self.sizes) | {self.info.image_size}),
-                    self.cfg.drc.pool_per_class, self.cfg.seed, self.dev, self.cache_dir, self.cfg.drc.feature_batch)
+                    self.cfg.drc.pool_per_class, self.cfg.seed, self.dev, self.cache_dir, self.cfg.drc.feature_batch,
+                    patch_crops=self.cfg.rded_crops if self.cfg.drc.pool == "patches" else 0)
 
 
 class Anchor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from reta import io
-from reta.data.augment import resample
+from reta.data.augment import crop_resize, resample, rrc_boxes
 from reta.data.dataset import ImageSet
 from reta.retrieval.score import complexity
 from reta.runtime import derive_seed
@@ -37,7 +37,10 @@ def normalised_features(model: torch.nn.Module, x_normalised: torch.Tensor) -> t
 class Pool:
     def __init__(self, train: ImageSet, model: torch.nn.Module, teacher_hash: str, sizes: list[int],
                  per_class: int, seed: int, dev: torch.device, cache_dir: Path | None = None,
-                 feature_batch: int = 256):
+                 feature_batch: int = 256, patch_crops: int = 0):
+        """patch_crops = 0: one candidate per real image, the whole image. > 0: the image's RDED patch,
+        i.e. of `patch_crops` random square crops the one the teacher gives the lowest cross-entropy
+        for the true class (what FADRM's "1x1 patches", its anchors, are)."""
         self.train = train
         self.model = model
         self.info = train.info
@@ -46,8 +49,10 @@ class Pool:
         self.feature_batch = feature_batch
         self.per_class = per_class
         self.seed = seed
+        self.patch_crops = patch_crops
         key = io.sha256_json({"teacher": teacher_hash, "data": train.content_hash(), "sizes": self.sizes,
-                              "per_class": per_class, "seed": seed, "version": 1})[:20]
+                              "per_class": per_class, "seed": seed, "version": 1,
+                              **({"patch_crops": patch_crops} if patch_crops else {})})[:20]
         self.dir = (cache_dir or default_cache_dir()) / "pools" / key
         self._loaded: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -62,18 +67,36 @@ class Pool:
     def _path(self, class_idx: int) -> Path:
         return self.dir / f"class_{class_idx:05d}.safetensors"
 
+    @torch.no_grad()
+    def _best_patches(self, x01: torch.Tensor, class_idx: int, gen: torch.Generator) -> torch.Tensor:
+        """(n,4) the lowest-CE square crop box of each image among `patch_crops` random ones (RDED)."""
+        n, k = len(x01), self.patch_crops
+        boxes = rrc_boxes(n * k, 0.08, gen, ratio=(1.0, 1.0))
+        mean = torch.tensor(self.info.mean, device=self.dev).view(1, 3, 1, 1)
+        std = torch.tensor(self.info.std, device=self.dev).view(1, 3, 1, 1)
+        crops = crop_resize((x01.repeat_interleave(k, dim=0) - mean) / std, boxes, self.info.image_size)
+        ce = F.cross_entropy(self.model(crops).float(), torch.full((n * k,), class_idx, device=self.dev), reduction="none")
+        best = ce.view(n, k).argmin(dim=1).cpu()
+        return boxes.view(n, k, 4)[torch.arange(n), best]
+
     def _build(self, class_idx: int) -> None:
         idx = self.members(class_idx)
         out: dict[str, list[torch.Tensor]] = {f"z{s}": [] for s in self.sizes} | {f"c{s}": [] for s in self.sizes}
+        out["boxes"] = []
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "pool-patches", class_idx))
         for start in range(0, len(idx), self.feature_batch):
             x01 = self.train.load(idx[start:start + self.feature_batch]).to(self.dev).float() / 255.0
+            if self.patch_crops:
+                boxes = self._best_patches(x01, class_idx, gen)
+                out["boxes"].append(boxes)
+                x01 = crop_resize(x01, boxes, self.info.image_size).clamp(0, 1)
             for s in self.sizes:
                 xs = resample(x01, s)
                 out[f"c{s}"].append(complexity(xs).cpu())
                 mean = torch.tensor(self.info.mean, device=self.dev).view(1, 3, 1, 1)
                 std = torch.tensor(self.info.std, device=self.dev).view(1, 3, 1, 1)
                 out[f"z{s}"].append(normalised_features(self.model, (xs - mean) / std).half().cpu())
-        tensors = {k: torch.cat(v) for k, v in out.items()} | {"indices": torch.from_numpy(idx)}
+        tensors = {k: torch.cat(v) for k, v in out.items() if v} | {"indices": torch.from_numpy(idx)}
         with io.atomic_path(self._path(class_idx)) as tmp:
             save_file(tensors, str(tmp))
 
@@ -96,7 +119,11 @@ class Pool:
         parent_indices = getattr(self.train, "indices", None)
         return parent_indices[idx] if parent_indices is not None else idx
 
-    def images(self, class_idx: int, pool_positions: torch.Tensor) -> torch.Tensor:
-        """uint8 images of the given pool positions of a class."""
-        idx = self.get(class_idx)["indices"].numpy()[pool_positions.cpu().numpy()]
-        return self.train.load(idx)
+    def normalised(self, class_idx: int, pool_positions: torch.Tensor) -> torch.Tensor:
+        """Normalised (n,3,S,S) candidates at the given pool positions of a class (whole images or patches)."""
+        data = self.get(class_idx)
+        positions = pool_positions.cpu()
+        x = self.info.normalise(self.train.load(data["indices"].numpy()[positions.numpy()]).to(self.dev))
+        if "boxes" in data:
+            x = crop_resize(x, data["boxes"][positions], self.info.image_size)
+        return x
