@@ -218,3 +218,14 @@ def test_relabel_shards_over_two_processes_match_one(work):
         a, b = load_file(str(one / name)), load_file(str(two / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((two / "manifest.json").read_text())["num_shards"] == 3
+
+
+def test_gpu_bench_counts_model_flops_and_compares_groups_per_step():
+    from reta import gpu_bench
+
+    result = gpu_bench.run(size=16, arch="resnet18", classes=2, ipc=4, budget=2, warmup=1, pool_per_class=8,
+                           precision="fp32", dev=torch.device("cpu"), methods=("fadrm",), groups=(1, 2))
+    assert set(result["methods"]) == {"fadrm", "fadrm@2groups"} and result["model_gflop_per_image_step"] > 0
+    for r in result["methods"].values():
+        assert r["achieved_model_tflops"] > 0 and r["fraction_of_bf16_peak"] is None  # no peak known for a CPU
+    assert gpu_bench.bf16_peak_tflops("NVIDIA H200") == 989.0 and gpu_bench.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0

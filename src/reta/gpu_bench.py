@@ -53,6 +53,28 @@ REFERENCE_4090 = {"fadrm": {"seconds_per_image": 0.47, "memory_gb": 2.9},
                   "reta": {"seconds_per_image": 1.31, "memory_gb": 13.4}}
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the fraction of peak.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "RTX 4090": 165.0, "A10": 125.0}
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The card's dense bf16 peak, matched by name (the longest matching key); None if unknown."""
+    hits = [k for k in BF16_PEAK_TFLOPS if k.lower() in device_name.lower()]
+    return BF16_PEAK_TFLOPS[max(hits, key=len)] if hits else None
+
+
+def step_flops_per_image(teacher: Teacher, size: int, dev: torch.device, batch: int = 4) -> float:
+    """Model FLOP of one recover step per image: the teacher forward plus the backward to the input
+    (the weights are frozen, so no weight gradients), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(batch, 3, size, size, device=dev, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        teacher.model(x).float().sum().backward()
+    return counter.get_total_flops() / batch
+
+
 def timed_methods() -> tuple[str, ...]:
     """The registered methods with a recover budget; the zero-step selections (random, rded) have nothing to time."""
     return tuple(n for n in METHODS.names() if METHODS.get(n).preset.get("iterations") != 0)
@@ -91,11 +113,11 @@ def random_teacher(arch: str, data: TensorImageSet, dev: torch.device, seed: int
 
 
 def method_config(method: str, ipc: int, budget: int, size: int, pool_per_class: int, precision: str,
-                  compile_teacher: bool) -> config_mod.RecoverConfig:
+                  compile_teacher: bool, groups_per_step: int = 1) -> config_mod.RecoverConfig:
     base = preset(method)
     base.update(ipc=ipc, iterations=budget, batch_size=ipc, batch_composition="per-class",
                 jitter=32 if size >= 128 else 4, precision=precision, compile=compile_teacher,
-                rded_candidates=min(300, pool_per_class))
+                rded_candidates=min(300, pool_per_class), groups_per_step=groups_per_step)
     base["drc"] = {**base.get("drc", {}), "pool_per_class": pool_per_class}
     return config_mod.build(config_mod.RecoverConfig, base=base)
 
@@ -135,7 +157,7 @@ def count_host_syncs(data, teacher, cfg, out: Path, dev, cache: Path) -> dict:
 def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50, budget: int = 200,
         methods: tuple[str, ...] | None = None, pool_per_class: int = 300, dev: torch.device | None = None,
         warmup: int = 8, precision: str = "auto", compile_teacher: bool = False, sync_check: bool = False,
-        seed: int = 0) -> dict:
+        seed: int = 0, groups: tuple[int, ...] = (1,)) -> dict:
     """Time recover per method; returns the JSON-ready result (see module docstring)."""
     from reta.runtime import autocast_dtype
 
@@ -146,19 +168,28 @@ def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50
     teacher = random_teacher(arch, data, dev, seed)
     setup_seconds = time.perf_counter() - t_setup
     n_images = classes * ipc
+    flops_image_step = step_flops_per_image(teacher, size, dev)
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    peak = bf16_peak_tflops(device_name)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="reta-gpu-bench-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        for method in methods or timed_methods():
-            cfg = method_config(method, ipc, budget, size, pool_per_class, precision, compile_teacher)
+        for method, g in [(m, g) for m in (methods or timed_methods()) for g in groups]:
+            label = method if g == 1 else f"{method}@{g}groups"
+            cfg = method_config(method, ipc, budget, size, pool_per_class, precision, compile_teacher, g)
             warm, warm_wall = _time_distill(data, teacher, dataclasses.replace(cfg, iterations=warmup),
-                                            tmp / f"{method}-warmup", dev, cache)
-            manifest, wall = _time_distill(data, teacher, cfg, tmp / method, dev, cache)
+                                            tmp / f"{label}-warmup", dev, cache)
+            manifest, wall = _time_distill(data, teacher, cfg, tmp / label, dev, cache)
             t = manifest["timings"]
             last = manifest["groups"][-1]
             per_img = wall / n_images
-            results[method] = {
+            # Model FLOP only (the teacher passes of CE+BN; PTA's extra clean pass is not counted), so
+            # the fraction of peak is an upper bound on useful work for methods with extra passes.
+            achieved = flops_image_step * n_images * budget / max(t["group_seconds"], 1e-12) / 1e12
+            results[label] = {
+                "groups_per_step": g, "model_tflop_per_step": flops_image_step * min(n_images, g * ipc) / 1e12,
+                "achieved_model_tflops": achieved, "fraction_of_bf16_peak": achieved / peak if peak else None,
                 "seconds_per_image": per_img,
                 "seconds_per_image_groups_only": t["group_seconds"] / n_images,
                 "seconds_per_image_last_group": last["seconds"] / len(last["slots"]),
@@ -178,11 +209,13 @@ def run(size: int = 224, arch: str = "resnet18", classes: int = 2, ipc: int = 50
         "benchmark": "reta.gpu_bench", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "model_gflop_per_image_step": flops_image_step / 1e9, "bf16_peak_tflops": peak,
         "settings": {"size": size, "arch": arch, "weights": "random (BN statistics calibrated on the synthetic images)",
                      "classes": classes, "ipc": ipc, "images": n_images, "budget_steps": budget, "warmup_steps": warmup,
                      "pool_per_class": pool_per_class, "batch": f"per-class groups of {ipc} images (batch_size={ipc})",
                      "precision": precision, "autocast_dtype": str(autocast_dtype(precision, dev)),
-                     "compile": compile_teacher, "data": "synthetic random uint8, in memory", "seed": seed},
+                     "compile": compile_teacher, "data": "synthetic random uint8, in memory", "seed": seed,
+                     "groups_per_step": list(groups)},
         "setup_seconds": setup_seconds,
         "methods": results,
         "host_sync_check": sync,
@@ -213,17 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher forward")
     p.add_argument("--sync-check", action="store_true", help="count host synchronisations of a FADRM run")
     p.add_argument("--device", default=None)
+    p.add_argument("--groups", default="1", help="comma-separated groups per batched step to compare, e.g. 1,2,4,8 "
+                   "(--classes must be at least the largest)")
     args = p.parse_args(argv)
     result = run(size=args.size, arch=args.arch, classes=args.classes, ipc=args.ipc, budget=args.budget,
                  methods=tuple(m for m in args.methods.split(",") if m), pool_per_class=args.pool_per_class,
                  dev=torch.device(args.device) if args.device else None, warmup=args.warmup, precision=args.precision,
-                 compile_teacher=args.compile, sync_check=args.sync_check)
+                 compile_teacher=args.compile, sync_check=args.sync_check,
+                 groups=tuple(int(g) for g in args.groups.split(",") if g))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for m, r in result["methods"].items():
-        print(f"{m:>6}: {r['seconds_per_image']:.3f} s/img ({r['seconds_per_image_last_group']:.3f} last group), "
-              f"peak {r['peak_memory_gb']:.2f} GB", flush=True)
+        frac = f", {100 * r['fraction_of_bf16_peak']:.1f}% of bf16 peak" if r["fraction_of_bf16_peak"] else ""
+        print(f"{m:>16}: {r['seconds_per_image']:.3f} s/img ({r['seconds_per_image_last_group']:.3f} last group), "
+              f"{r['achieved_model_tflops']:.1f} model TFLOP/s{frac}, peak {r['peak_memory_gb']:.2f} GB", flush=True)
     print(f"-> {out}")
     return 0
 
