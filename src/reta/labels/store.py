@@ -346,21 +346,11 @@ class LabelStore:
         if path.stat().st_size != shard["bytes"]:
             raise RetaError(f"{path}: {path.stat().st_size} bytes, {MANIFEST} says {shard['bytes']}; {fix}")
 
-    @property
-    def epochs(self) -> int:
-        return int(self.manifest["epochs"])
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.manifest["batch_size"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.manifest["seed"])
-
-    @property
-    def view_size(self) -> int:
-        return int(self.manifest["view_size"])
+    # The replay settings the store was written with, read from its manifest.
+    epochs = property(lambda self: int(self.manifest["epochs"]))
+    batch_size = property(lambda self: int(self.manifest["batch_size"]))
+    seed = property(lambda self: int(self.manifest["seed"]))
+    view_size = property(lambda self: int(self.manifest["view_size"]))
 
     def check(self, images: ImageSet, batch_size: int, epochs: int, seed: int | None = None) -> None:
         """Raise RetaError unless training `images` for `epochs` epochs at `batch_size` can replay this store.
