@@ -97,8 +97,10 @@ def with_retrieval(ctx: Context, method: Method) -> Method:
     return method
 
 
-# Held-out-chosen settings (docs/reta.md); reta uses the same ones.
-DRC_DEFAULTS = {"features": "centred"}
+# Held-out-chosen settings (imagenette32 IPC 10, BENCHMARKS.md; docs/reta.md); reta uses the same
+# ones. Distinct anchors (a per-slot share of a pool of RDED patches) were the only retrieval that
+# came near FADRM (-0.6); whole images with shared anchors lost 2.9-3.8 points.
+DRC_DEFAULTS = {"features": "centred", "pool": "patches", "partition": True}
 
 
 @register("drc", "FADRM with every residual anchor retrieved from the real pool (RETA's DRC alone)",
