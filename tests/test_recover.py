@@ -292,3 +292,16 @@ def test_patch_pool_holds_each_image_s_lowest_ce_crop(digits, digits_teacher, tm
     assert torch.isfinite(torch.stack(ce)).all()
     _, manifest = _distill(digits, digits_teacher, tmp_path, "drc-patches", "drc", **{"drc.pool": "patches"})
     assert len(manifest["drc_selections"]) == 3 * 40
+
+
+def test_a_truncated_initial_image_file_is_rebuilt_on_resume(digits, digits_teacher, tmp_path):
+    """A kill while OUT/init/*.safetensors was being written must not fail every rerun."""
+    out, _ = _distill(digits, digits_teacher, tmp_path, "run", "fadrm")
+    before = _png_bytes(out)
+    (out / "manifest.json").unlink()
+    for entry in (out / "progress").glob("group_*.json"):
+        entry.unlink()
+    (out / "init").mkdir(exist_ok=True)
+    (out / "init" / "class_00000.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"x\":")  # cut short
+    _distill(digits, digits_teacher, tmp_path, "run", "fadrm")
+    assert _png_bytes(out) == before and not (out / "init").exists()
