@@ -136,6 +136,12 @@ def run(capsys, args) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
 def refused(rc: int, err: str, needle: str) -> None:
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in err, err
@@ -144,9 +150,7 @@ def refused(rc: int, err: str, needle: str) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_the_users_files_are_still_there_byte_for_byte(world, tmp_path, capsys, command):
-    for rel, data in USER_FILES.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(data)
+    write_files(tmp_path, USER_FILES)
     for extra in ((), ("--overwrite",)):
         refused(*run(capsys, argv(command, world, tmp_path, extra)), "not empty and was not written by")
         assert snapshot(tmp_path) == USER_FILES
@@ -160,9 +164,7 @@ def test_the_users_files_are_still_there_byte_for_byte(world, tmp_path, capsys, 
 ])
 def test_a_folder_of_the_users_files_with_our_names_is_not_ours(world, tmp_path, capsys, command, files):
     out = tmp_path / "out"
-    for rel, data in files.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(data)
+    write_files(out, files)
     for extra in ((), ("--overwrite",)):
         refused(*run(capsys, argv(command, world, out, extra)), "not empty and was not written by")
         assert snapshot(out) == files

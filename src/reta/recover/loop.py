@@ -113,8 +113,8 @@ def augment_view(x: torch.Tensor, size: int, cfg: RecoverConfig, jitter: int, ge
     if cfg.crop_scale_min < 1.0:
         box = rrc_boxes(1, cfg.crop_scale_min, gen)
         x = crop_resize(x, _to_device(box, x.device).expand(len(x), 4), size)
-    elif x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    else:
+        x = resize(x, size)
     if cfg.flip:
         flip = torch.rand(1, generator=gen) < 0.5  # CPU tensor: bool() is free
         if bool(flip):
@@ -302,7 +302,7 @@ class Recover:
         tolerance (batched kernels may round differently).
         """
         cfg = self.cfg
-        groups = [Group(key, idx, torch.as_tensor(idx // cfg.ipc, device=self.dev)) for key, idx in batch]
+        groups = [Group(key, idx, idx // cfg.ipc, torch.as_tensor(idx // cfg.ipc, device=self.dev)) for key, idx in batch]
         xs = [resample(self.init_of(g.slots), self.sizes[0]).clone() for g in groups]
         records = [{c.name: [] for c in self.components} for _ in groups]
         if not self.total_steps:
@@ -337,7 +337,7 @@ class Recover:
                 with autocast(self.dtype, self.dev):
                     logits = self.logits(which, view).float().split(splits)
                 bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
-                step = Step(stage=s, size=size, local=local, steps_in_stage=budget)
+                step = Step(stage=s, size=size, local=local)
                 per_group = []
                 for i, (g, x) in enumerate(zip(groups, xs)):
                     terms = {"ce": F.cross_entropy(logits[i], g.labels), "bn": cfg.r_bn * bn[i]}
@@ -408,19 +408,21 @@ class Recover:
         Class c of those the pending groups touch is built by rank c's turn in the sorted list, so
         each is built once, by one rank; follow with a barrier. Its seconds are setup."""
         t0 = time.time()
-        for c in self.classes_of(pending)[rank::world]:
-            self.ensure_init(c)
-            for component in self.components:
-                component.prepare_class(c)
+        with self._hooks_paused():  # RDED and pool forwards are not BN-matching steps
+            for c in self.classes_of(pending)[rank::world]:
+                self.ensure_init(c)
+                for component in self.components:
+                    component.prepare_class(c)
         self._setup_seconds += time.time() - t0
 
     def prepare_classes(self, classes: list[int]) -> None:
         """Load this rank's per-class caches before its first group, so component timers measure
         only their per-connection and per-step cost (setup is amortised over a class's images)."""
         t0 = time.time()
-        for c in classes:
-            for component in self.components:
-                component.prepare_class(c)
+        with self._hooks_paused():
+            for c in classes:
+                for component in self.components:
+                    component.prepare_class(c)
         self._setup_seconds += time.time() - t0
 
     # -- whole run ----------------------------------------------------------------------------

@@ -36,11 +36,8 @@ class Group:
 
     key: int
     slots: np.ndarray
-    labels: torch.Tensor  # (n,) on the device
-
-    @property
-    def classes(self) -> np.ndarray:
-        return self.labels.cpu().numpy()
+    classes: np.ndarray  # (n,) class of each slot, on the host: components index with it every step
+    labels: torch.Tensor  # the same classes on the device, for the loss
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,6 @@ class Step:
     stage: int
     size: int
     local: int  # step within the stage
-    steps_in_stage: int
 
 
 class Context:
