@@ -79,6 +79,13 @@ def test_bench_writes_under_out_only_and_resumes_across_machines(tiny_bench, tmp
     # Another machine: an empty --out, the committed rows in ./benchmarks/results/ -> nothing retrains.
     other = run_bench("digits-ipc2", "quick", tmp_path / "elsewhere", **kwargs)
     assert other["methods"] == result["methods"]
+    # Publishing one variant keeps the committed rows of the others in the published table.
+    run_bench("digits-ipc2", "quick", out, publish=True, **{**kwargs, "methods": ["fadrm"]})
+    published = json.loads((tiny_bench / "benchmarks" / "results" / "digits-ipc2-quick.json").read_text())
+    assert {m["method"] for m in published["methods"]} == {"random", "fadrm"}
+    assert published["rows_from_earlier_runs"] == ["random"]
+    key = lambda ms: {(m["method"], m["student"]): m for m in ms}  # noqa: E731
+    assert key(published["methods"]) == key(result["methods"])
 
 
 def _row(variant, seed, student, finals, hard=None):

@@ -147,11 +147,13 @@ def test_reta_with_its_parts_switched_off_is_fadrm_bit_for_bit(method, overrides
 def test_topology_term_changes_the_images_and_records_its_gradient(digits, digits_teacher, tmp_path):
     fadrm, _ = _distill(digits, digits_teacher, tmp_path, "fadrm", "fadrm", iterations=16, num_stages=2)
     pta, manifest = _distill(digits, digits_teacher, tmp_path, "pta", "pta", iterations=16, num_stages=2,
-                             **{"pta.refresh_every": 2})
+                             **{"pta.every": 2})
     assert _png_bytes(fadrm) != _png_bytes(pta)
+    # Evaluated on steps 0, 2, 4, 6 of both stages for each of the 4 groups; always the exact gradient.
     cos = manifest["pta_gradient_cosine"]
-    assert cos["refreshes"] == 4 * 3 * 2 and -1.0 <= cos["min"] <= cos["mean"] <= 1.0  # 4 groups, 3 per stage after the first
-    assert manifest["pta_stale_gradient_cosine"]["refreshes"] == cos["refreshes"]
+    assert cos["refreshes"] == 4 * 4 * 2 and cos["min"] == 1.0
+    turn = manifest["pta_previous_step_cosine"]
+    assert turn["refreshes"] == 4 * 3 * 2 and -1.0 <= turn["min"] <= turn["mean"] <= 1.0
     ratio = manifest["grad_ratio"]["pta"]
     assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     assert all("grad_ratio" in g for g in manifest["groups"])
@@ -256,9 +258,12 @@ def test_batched_groups_equal_groups_run_one_by_one(method, digits, digits_teach
     from reta.recover.loop import Recover
 
     train, _ = digits
+    # pta.cloud=group: each group's topology cloud is its own (the live cloud couples groups on purpose)
     cfg = build(RecoverConfig, base={**preset(method), "ipc": 4, "iterations": 8, "batch_size": 10, "jitter": 2,
-                                     "rded_candidates": 20, "precision": "fp32", "channels_last": False})
+                                     "rded_candidates": 20, "precision": "fp32", "channels_last": False,
+                                     "pta": {"cloud": "group"}})
     run = Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
+    assert not run.method.joint
     run.prepare_shared(list(range(len(run.groups()))))
     batch = [(g, run.groups()[g]) for g in (0, 1)]
     together = run.run_groups(batch)
@@ -305,3 +310,60 @@ def test_a_truncated_initial_image_file_is_rebuilt_on_resume(digits, digits_teac
     (out / "init" / "class_00000.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"x\":")  # cut short
     _distill(digits, digits_teacher, tmp_path, "run", "fadrm")
     assert _png_bytes(out) == before and not (out / "init").exists()
+
+
+def test_live_topology_cloud_steps_each_class_block_together_whatever_the_ranks(digits, digits_teacher, tmp_path):
+    """pta.cloud=live: a class's slots (one per class-mixed group) are stepped together, in fixed
+    batches that do not depend on the number of ranks or on which groups are already done."""
+    from reta.recover.loop import Recover
+
+    train, _ = digits
+    cfg = build(RecoverConfig, base={**preset("pta"), "ipc": 4, "iterations": 8, "batch_size": 8, "rded_candidates": 20})
+    run = Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
+    assert run.method.joint
+    # 8 groups: slot i of classes 0-7 is group 2i, slot i of classes 8-9 is group 2i+1
+    assert run.batches(set(), 0, 1) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert run.batches(set(), 0, 2) == [[0, 2, 4, 6]] and run.batches(set(), 1, 2) == [[1, 3, 5, 7]]
+    assert run.batches({0, 1, 3, 5, 7}, 0, 1) == [[0, 2, 4, 6]]  # a partly done block is redone whole
+    capped_cfg = build(RecoverConfig, base={**preset("pta"), "ipc": 4, "iterations": 8, "batch_size": 8,
+                                            "rded_candidates": 20, "groups_per_step": 2})
+    capped = Recover(train, [digits_teacher], capped_cfg, tmp_path / "c", CPU, cache_dir=tmp_path / "cache", progress=False)
+    assert capped.batches(set(), 0, 1) == [[0, 2], [4, 6], [1, 3], [5, 7]]
+
+
+def test_live_topology_cloud_moves_every_slot_of_a_class(digits, digits_teacher, tmp_path):
+    """The topology gradient of a live cloud reaches every group of the step, not only its own."""
+    from reta.recover.loop import Recover
+    from reta.recover.strategy import Group, Step
+
+    train, _ = digits
+    cfg = build(RecoverConfig, base={**preset("pta"), "ipc": 4, "iterations": 8, "batch_size": 10, "rded_candidates": 20,
+                                     "precision": "fp32", "channels_last": False, "pta": {"weight": 1.0}})
+    run = Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
+    run.prepare_shared(list(range(len(run.groups()))))
+    term = run.method.terms[0]
+    groups = [Group(g, idx, idx // 4, torch.as_tensor(idx // 4)) for g, idx in enumerate(run.groups())]
+    xs = [run.init_of(g.slots).clone().requires_grad_(True) for g in groups]
+    for g in groups:
+        term.begin_group(g)
+    size = run.sizes[0]
+    values = term.values(groups, Step(stage=0, size=size, local=0), xs)
+    grads = torch.autograd.grad(sum(values), xs)
+    assert all(float(g.norm()) > 0 for g in grads)
+    # the applied gradient equals the gradient of the loss over the whole cloud, recomputed here
+    x_r = [x.detach().clone().requires_grad_(True) for x in xs]
+    loss = term.loss(term.ctx.features(torch.cat(x_r)), np.concatenate([g.classes for g in groups]),
+                     np.concatenate([g.slots for g in groups]), size)
+    exact = torch.autograd.grad(cfg.pta.weight * loss, x_r)
+    for a, b in zip(grads, exact):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_kept_own_anchor_is_a_candidate_and_is_recorded(digits, digits_teacher, tmp_path):
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "own", "drc", **{"drc.keep_own": True})
+    kept = [r for r in manifest["drc_selections"] if r["pool_index"] == -1]
+    assert manifest["own_anchor_fraction"] == pytest.approx(len(kept) / len(manifest["drc_selections"]))
+    assert all(r["train_index"] == -1 and 0 <= r["J"] <= 1 for r in kept)
+    with pytest.raises(RetaError, match="cannot be combined"):
+        _distill(digits, digits_teacher, tmp_path, "both", "drc", **{"drc.keep_own": True, "drc.distinct": True,
+                                                                    "batch_composition": "per-class"})

@@ -39,7 +39,7 @@ from reta.data import load_dataset
 from reta.errors import RetaError
 from reta.evaluate.train import mean_std
 from reta.models import create_model
-from reta.recover import METHODS, preset
+from reta.recover import METHODS, preset, result_config
 from reta.reports import results_table
 from reta.runtime import device
 
@@ -77,6 +77,42 @@ def row_file(variant: str, synthesis_seed: int, student: str) -> str:
     return f"{variant}__seed{synthesis_seed}__{student}.json"
 
 
+def variant_config(label: str, spec: dict, settings: dict, seed: int) -> RecoverConfig:
+    method, sets = parse_variant(label)
+    return build(RecoverConfig, sets=sets, base={**preset(method), "ipc": spec["ipc"], **settings["recover"], "seed": seed})
+
+
+def row_identity(label: str, seed: int, student: str, split: str, teacher_key: str, cfg: RecoverConfig,
+                 soft: EvalProtocol, hard: EvalProtocol | None) -> dict:
+    """What a benchmark row is a result of; its hash is the row's key."""
+    return {"variant": label, "method": cfg.method, "synthesis_seed": seed, "student": student, "split": split,
+            "teacher_key": teacher_key, "recover": result_config(cfg), "protocol": dataclasses.asdict(soft),
+            "protocol_hard": dataclasses.asdict(hard) if hard else None}
+
+
+def current_committed_rows(committed: Path, rows: list[dict], spec: dict, settings: dict, split: str,
+                           teacher_key: str) -> list[dict]:
+    """Committed rows of other variants, seeds or students that the current code and settings would
+    reproduce (their key is what this code computes for them); stale ones are left out."""
+    have = {(r["variant"], r["synthesis_seed"], r["student"]) for r in rows}
+    found = []
+    for path in sorted(committed.glob("*.json")) if committed.is_dir() else []:
+        row = io.read_json(path)
+        if (row.get("variant"), row.get("synthesis_seed"), row.get("student")) in have or "key" not in row:
+            continue
+        try:
+            cfg = variant_config(row["variant"], spec, settings, row["synthesis_seed"])
+        except RetaError:  # a method or field that no longer exists: stale
+            continue
+        soft = build(EvalProtocol, base={**settings["protocol"], "student": row["student"], "labels": "online"})
+        hard = build(EvalProtocol, base={**settings["protocol"], "student": row["student"], "labels": "hard"})
+        keys = {io.sha256_json(row_identity(row["variant"], row["synthesis_seed"], row["student"], split, teacher_key,
+                                            cfg, soft, h))[:16] for h in (hard, None)}
+        if row["key"] in keys:
+            found.append(row)
+    return found
+
+
 def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: str | None = None,
               methods: list[str] | None = None, synthesis_seeds: int = 1, students: list[str] | None = None,
               split: str = "test", publish: bool = False, progress: bool = True, hard_labels: bool = True,
@@ -97,9 +133,8 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     soft = {s: build(EvalProtocol, base={**settings["protocol"], "student": s, "labels": "online"}) for s in students}
     # Hard-label students only serve HLR/LRS; a held-out study of defaults can skip them.
     hard = build(EvalProtocol, base={**settings["protocol"], "student": students[0], "labels": "hard"}) if hard_labels else None
-    configs = {(label, seed): build(RecoverConfig, sets=sets,
-                                    base={**preset(method), "ipc": spec["ipc"], **settings["recover"], "seed": seed})
-               for label, (method, sets) in variants.items() for seed in range(synthesis_seeds)}
+    configs = {(label, seed): variant_config(label, spec, settings, seed)
+               for label in variants for seed in range(synthesis_seeds)}
 
     dev = device()
     t_start = time.time()
@@ -127,10 +162,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         run_dir = out / label / f"seed{seed}"
         loaded = None  # the distilled set, read only when some student's row is missing
         for i, student in enumerate(students):
-            identity = {"variant": label, "method": variants[label][0], "synthesis_seed": seed, "student": student,
-                        "split": split, "teacher_key": key, "recover": dataclasses.asdict(cfg),
-                        "protocol": dataclasses.asdict(soft[student]),
-                        "protocol_hard": dataclasses.asdict(hard) if i == 0 and hard else None}
+            identity = row_identity(label, seed, student, split, key, cfg, soft[student], hard if i == 0 else None)
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, student)
             row = _finished_row([out / "rows" / fname, committed / fname], row_key)
@@ -165,6 +197,10 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     print("\n" + results_table(table_rows(result)), flush=True)
     if publish:
         results_dir = Path.cwd() / "benchmarks" / "results"
+        earlier = current_committed_rows(committed, rows, spec, settings, split, key)
+        if earlier:  # the published table keeps every variant whose committed rows the current code would reproduce
+            result = {**result, "methods": aggregate(rows + earlier, float(teacher.meta["test_top1"])),
+                      "rows_from_earlier_runs": sorted({r["variant"] for r in earlier})}
         io.write_json(results_dir / f"{name}.json", result)
         write_benchmarks_md(results_dir, Path.cwd() / "BENCHMARKS.md")
         print(f"[bench] published {results_dir / f'{name}.json'} and {len(rows)} rows; BENCHMARKS.md regenerated",

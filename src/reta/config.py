@@ -102,6 +102,9 @@ class DRCConfig:
     # over a class's slots, which needs them in one group (per-class layout).
     partition: bool = False
     distinct: bool = False
+    # keep_own: the slot's own init patch (FADRM's fixed anchor) is one more candidate of every
+    # retrieval, so a connection swaps it only for a real patch with a better score J.
+    keep_own: bool = False
     feature_batch: int = 256  # pool images per teacher forward while building the cache
 
     def __post_init__(self):
@@ -128,16 +131,21 @@ class PTAConfig:
     grid: int = 32  # persistence image G x G; sigma = 1/G
     gamma: float = 1.0  # weight of the H1 term
     reference_subsets: int = 20  # Q random real subsets averaged into the reference
-    refresh_every: int = 10  # T: steps between exact topology-gradient refreshes within a stage
+    # T: the term (exact gradient, one extra clean pass) is evaluated on every T-th step of a
+    # stage with weight T*lambda, and is off in between: extra passes cost 1/T of the steps.
+    every: int = 1
+    # live: a class's slots are stepped together, so its whole synthetic cloud moves (the loop
+    # batches a class block's groups); group: only the group's slots move, the rest stay at init.
+    cloud: Literal["live", "group"] = "live"
     infinite_bars: Literal["one", "max_edge", "drop"] = "one"
     class_reduction: Literal["sum", "mean"] = "sum"  # sum (paper) | mean over the classes in the batch, like CE
     min_points: int = 4  # H1 needs >= 4 points; PTA is off for smaller clouds
 
     def __post_init__(self):
         _non_negative(self, "weight", "gamma")
-        _positive(self, "k", "grid", "reference_subsets", "refresh_every")
+        _positive(self, "k", "grid", "reference_subsets", "every")
         _check(self.min_points >= 2, "min_points", self.min_points, "must be at least 2")
-        for name in ("distance", "infinite_bars", "class_reduction"):
+        for name in ("distance", "infinite_bars", "class_reduction", "cloud"):
             _enum(self, name)
 
 

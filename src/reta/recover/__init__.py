@@ -20,10 +20,10 @@ from reta.data.dataset import ImageSet, split_holdout
 from reta.errors import RetaError
 from reta.recover.loop import Recover, done_groups, finalise, stage_plan
 from reta.recover import drc, methods, pta, reta  # noqa: F401 - each module registers its methods
-from reta.recover.strategy import METHODS, preset
+from reta.recover.strategy import METHODS, preset, result_config
 from reta.teacher import Teacher
 
-__all__ = ["METHODS", "distill", "preset"]
+__all__ = ["METHODS", "distill", "preset", "result_config"]
 
 
 def check_feasible(fit: ImageSet, cfg: RecoverConfig) -> None:

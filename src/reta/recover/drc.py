@@ -15,8 +15,12 @@ import torch.nn.functional as F
 from reta.errors import RetaError
 from reta.recover.methods import fadrm_method
 from reta.recover.strategy import Anchor, Context, Group, Method, register
-from reta.retrieval.score import choose, shared_anchor_fraction, squared_fit
+from reta.data.augment import resample
+from reta.retrieval.score import choose, complexity, shared_anchor_fraction, squared_fit
 from reta.runtime import derive_seed
+
+
+OWN = -1  # pool_index recorded when the slot's own init patch was kept (drc.keep_own)
 
 
 def centre(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -40,6 +44,9 @@ class RetrievalAnchor(Anchor):
         if self.cfg.distinct and ctx.cfg.batch_composition != "per-class":
             raise RetaError("drc.distinct=true needs batch_composition=per-class (a class's images must be in one "
                             "group); drc.partition=true gives distinct anchors in any layout")
+        if self.cfg.distinct and self.cfg.keep_own:
+            raise RetaError("drc.distinct=true and drc.keep_own=true cannot be combined (every slot's own patch is "
+                            "already distinct); drop one of them")
 
     def prepare_class(self, c: int) -> None:
         self.ctx.pool.get(c)
@@ -62,21 +69,41 @@ class RetrievalAnchor(Anchor):
             fit = squared_fit(qc, z)
             picked = torch.empty(len(rows), dtype=torch.long)
             score = torch.empty(len(rows))
-            if cfg.partition:
-                owner = slot_partition(len(z), ipc, ctx.cfg.seed, c)
+            own = own_fit = own_comp = None
+            if cfg.keep_own:  # the slot's own init patch (FADRM's anchor) competes as one more candidate
+                own = ctx.init_of(group.slots[rows])
+                own_at = resample(own, size)
+                z_own = ctx.features(own_at)
+                if cfg.features == "centred":
+                    z_own = centre(z_own, mean)
+                own_fit = ((qc.float() - z_own.float()) ** 2).sum(dim=1).clamp(0.0, 4.0)
+                own_comp = complexity(ctx.info.denormalise(own_at).clamp(0, 1))
+            owner = slot_partition(len(z), ipc, ctx.cfg.seed, c) if cfg.partition else None
+            if cfg.partition or cfg.keep_own:
                 for i, slot in enumerate(group.slots[rows] % ipc):
-                    share = torch.from_numpy(np.flatnonzero(owner == slot)).to(fit.device)
-                    p, s = choose(fit[i:i + 1, share], comp[share], cfg.lam, cfg.prefilter, False)
-                    picked[i], score[i] = share[p].cpu()[0], s[0].cpu()
+                    share = (torch.from_numpy(np.flatnonzero(owner == slot)) if owner is not None
+                             else torch.arange(len(z))).to(fit.device)
+                    f_i, c_i = fit[i, share], comp[share]
+                    if own is not None:
+                        f_i, c_i = torch.cat([f_i, own_fit[i:i + 1]]), torch.cat([c_i, own_comp[i:i + 1].to(c_i)])
+                    p, s = choose(f_i[None], c_i, cfg.lam, cfg.prefilter, False)
+                    p = int(p[0])
+                    picked[i], score[i] = (OWN if p == len(share) else int(share[p])), s[0].cpu()
             else:
                 p, s = choose(fit, comp, cfg.lam, cfg.prefilter, cfg.distinct)
                 picked, score = p.cpu(), s.cpu()
-            out[rows] = ctx.pool.normalised(c, picked).to(x_next.device)
-            train_indices = ctx.pool.dataset_indices(c, picked)
+            retrieved = picked != OWN
+            if bool(retrieved.any()):
+                out[rows[retrieved.numpy()]] = ctx.pool.normalised(c, picked[retrieved]).to(x_next.device)
+            if own is not None and not bool(retrieved.all()):
+                out[rows[(~retrieved).numpy()]] = own[~retrieved.to(own.device)].to(x_next.device)
+            train_indices = ctx.pool.dataset_indices(c, picked.clamp_min(0))
             for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
+                kept = p == OWN
                 records.append({"stage": stage, "slot": int(group.slots[r]), "class": c, "pool_index": int(p),
-                                "train_index": int(train_indices[i]), "fit": float(fit[i, p]),
-                                "complexity": float(comp[p]), "J": float(score[i])})
+                                "train_index": -1 if kept else int(train_indices[i]),
+                                "fit": float(own_fit[i] if kept else fit[i, p]),
+                                "complexity": float(own_comp[i] if kept else comp[p]), "J": float(score[i])})
         return out, records
 
 
@@ -85,9 +112,12 @@ def drc_summary(ledger: list[dict]) -> dict:
     selections = [r for entry in ledger for r in entry.get("drc") or []]
     by_key: dict[tuple[int, int], list[int]] = {}
     for r in selections:
-        by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
+        if r["pool_index"] != OWN:  # a kept own patch is every slot's own: never shared
+            by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
     shared = [shared_anchor_fraction(np.array(v)) for v in by_key.values()]
-    return {"drc_selections": selections, "shared_anchor_fraction": float(np.mean(shared)) if shared else None}
+    kept = [r["pool_index"] == OWN for r in selections]
+    return {"drc_selections": selections, "shared_anchor_fraction": float(np.mean(shared)) if shared else (0.0 if selections else None),
+            "own_anchor_fraction": float(np.mean(kept)) if kept else None}
 
 
 def with_retrieval(ctx: Context, method: Method) -> Method:
@@ -103,7 +133,7 @@ def with_retrieval(ctx: Context, method: Method) -> Method:
 DRC_DEFAULTS = {"features": "centred", "pool": "patches", "partition": True}
 
 
-@register("drc", "FADRM with every residual anchor retrieved from the real pool (RETA's DRC alone)",
+@register("drc", "FADRM with every residual anchor retrieved from the real pool (RETA's DRC alone)", reads=("drc",),
           init="rded", num_stages=4, drc=DRC_DEFAULTS)
 def drc(ctx: Context) -> Method:
     return with_retrieval(ctx, fadrm_method(ctx))

@@ -338,15 +338,14 @@ class Recover:
                     logits = self.logits(which, view).float().split(splits)
                 bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
                 step = Step(stage=s, size=size, local=local)
-                per_group = []
-                for i, (g, x) in enumerate(zip(groups, xs)):
-                    terms = {"ce": F.cross_entropy(logits[i], g.labels), "bn": cfg.r_bn * bn[i]}
-                    for term in self.method.terms:
-                        with self.timer(term.name):
-                            terms[term.name] = term.value(g, step, x)
-                    if grad_ratios[i] is None:
-                        grad_ratios[i] = self._grad_ratio(terms, x)
-                    per_group.append(terms)
+                per_group = [{"ce": F.cross_entropy(logits[i], g.labels), "bn": cfg.r_bn * bn[i]}
+                             for i, g in enumerate(groups)]
+                for term in self.method.terms:
+                    with self.timer(term.name):
+                        for terms, value in zip(per_group, term.values(groups, step, xs)):
+                            terms[term.name] = value
+                if t == 0:
+                    grad_ratios = self._grad_ratios(per_group, xs)
                 group_loss = torch.stack([_sum_terms(terms) for terms in per_group])
                 losses[:, local] = group_loss.detach()
                 if local + 1 - checked >= check_every:
@@ -386,16 +385,21 @@ class Recover:
         return [(x.detach(), {"stages": st, "grad_ratio": gr, **r}) for x, st, gr, r in zip(xs, stages, grad_ratios, records)]
 
     @staticmethod
-    def _grad_ratio(terms: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, float]:
-        """||d term / dx|| / ||d (CE + r_bn BN) / dx|| for every extra term, at the group's first step."""
-        extra = {k: v for k, v in terms.items() if k not in ("ce", "bn")}
+    def _grad_ratios(per_group: list[dict[str, torch.Tensor]], xs: list[torch.Tensor]) -> list[dict[str, float]]:
+        """Per group, ||d term / dx|| / ||d (CE + r_bn BN) / dx|| for every extra term at the first step.
+
+        A term's gradient is that of its sum over the groups stepped together, so a term coupling
+        groups (one cloud per class across them) is measured whole, not by its per-group share."""
+        extra = [k for k in per_group[0] if k not in ("ce", "bn")]
         if not extra:
-            return {}
-        base = torch.autograd.grad(terms["ce"] + terms["bn"], x, retain_graph=True)[0].norm()
-        out = {}
-        for name, value in extra.items():
-            g = torch.autograd.grad(value, x, retain_graph=True, allow_unused=True)[0] if value.requires_grad else None
-            out[name] = float(g.norm() / base.clamp_min(1e-30)) if g is not None else 0.0  # a term that is off: 0
+            return [{} for _ in xs]
+        out = [{} for _ in xs]
+        for i, (terms, x) in enumerate(zip(per_group, xs)):
+            base = torch.autograd.grad(terms["ce"] + terms["bn"], x, retain_graph=True)[0].norm()
+            for name in extra:
+                total = sum(t[name] for t in per_group)
+                g = torch.autograd.grad(total, x, retain_graph=True, allow_unused=True)[0] if total.requires_grad else None
+                out[i][name] = float(g.norm() / base.clamp_min(1e-30)) if g is not None else 0.0  # a term that is off: 0
         return out
 
     def classes_of(self, group_ids: list[int]) -> list[int]:
@@ -431,13 +435,34 @@ class Recover:
 
     def groups_per_step(self) -> int:
         """Groups optimised together in one teacher pass. 0 = by device: 1 on the CPU, where a step's
-        cost grows linearly with its images anyway; on a GPU as many as keep one step under about
-        GPU_STEP_IMAGES images, so kernel launches are amortised without running out of memory."""
+        cost grows linearly with its images anyway (a joint method: its whole class block); on a GPU
+        as many as keep one step under about GPU_STEP_IMAGES images, so kernel launches are
+        amortised without running out of memory."""
         if self.cfg.groups_per_step:
             return self.cfg.groups_per_step
+        group_images = max(1, min(self.cfg.batch_size, self.info.num_classes * self.cfg.ipc))
         if self.dev.type != "cuda":
-            return 1
-        return max(1, min(8, GPU_STEP_IMAGES // max(1, min(self.cfg.batch_size, self.info.num_classes * self.cfg.ipc))))
+            return len(self.groups()) if self.method.joint else 1
+        return max(1, (GPU_STEP_IMAGES if self.method.joint else min(8 * group_images, GPU_STEP_IMAGES)) // group_images)
+
+    def batches(self, done: set[int], rank: int, world: int) -> list[list[int]]:
+        """This rank's groups, in the batches that are stepped together.
+
+        Independent groups: the pending ones dealt round-robin, then cut into batches. A joint
+        method: the batches are fixed first (the groups of one class block, cut into runs of
+        groups_per_step), whatever the ranks or what is done, because a group's images depend on
+        the groups it is stepped with; a batch with any group pending is redone whole (its
+        finished groups come out identical) and batches are dealt round-robin.
+        """
+        groups, per_step = self.groups(), self.groups_per_step()
+        if not self.method.joint:
+            mine = [g for g in range(len(groups)) if g not in done][rank::world]
+            return [mine[i:i + per_step] for i in range(0, len(mine), per_step)]
+        blocks: dict[tuple[int, ...], list[int]] = {}
+        for g, idx in enumerate(groups):
+            blocks.setdefault(tuple(np.unique(idx // self.cfg.ipc).tolist()), []).append(g)
+        fixed = [block[i:i + per_step] for block in blocks.values() for i in range(0, len(block), per_step)]
+        return [b for b in fixed if not set(b) <= done][rank::world]
 
     def write_images(self, x: torch.Tensor, flat_idx: np.ndarray) -> None:
         x01 = self.info.denormalise(x.float())
@@ -459,14 +484,13 @@ class Recover:
         groups = self.groups()
         done = done_groups(self.out, len(groups)) if done is None else done
         pending = [g for g in range(len(groups)) if g not in done]
-        mine = [(g, groups[g]) for g in pending[rank::world]]
+        batches = [[(g, groups[g]) for g in b] for b in self.batches(done, rank, world)]
+        mine = [pair for batch in batches for pair in batch]
         t0 = time.time()
         self.prepare_classes(self.classes_of([g for g, _ in mine]))
         with tqdm(total=len(mine) * self.total_steps, desc=f"recover {self.cfg.method}", unit="step",
                   disable=not self.progress or not self.total_steps or not mine) as bar:
-            per_step = self.groups_per_step()
-            for start in range(0, len(mine), per_step):
-                batch = mine[start:start + per_step]
+            for batch in batches:
                 before = dict(self.timer.totals)
                 t_batch = time.time()
                 results = self.run_groups(batch, bar)

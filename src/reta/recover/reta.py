@@ -18,6 +18,6 @@ def reta_method(ctx: Context) -> Method:
 
 
 register("reta", "RETA: FADRM with retrieved anchors (DRC) and topology alignment (PTA), held-out-chosen settings",
-         init="rded", num_stages=4, drc=DRC_DEFAULTS, pta=PTA_DEFAULTS)(reta_method)
+         reads=("drc", "pta"), init="rded", num_stages=4, drc=DRC_DEFAULTS, pta=PTA_DEFAULTS)(reta_method)
 register("reta-paper", "RETA with the paper's literal settings (persistence images, class sum, lambda_topo 0.5)",
-         init="rded", num_stages=4)(reta_method)
+         reads=("drc", "pta"), init="rded", num_stages=4)(reta_method)

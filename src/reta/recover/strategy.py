@@ -6,6 +6,8 @@ a `Method` for a `Context` (the frozen teacher, the data and the config of one r
 * `init_images(c)`: the (ipc,3,S,S) normalised initial images of class c;
 * `anchor`: the `Anchor` whose images a residual connection mixes in (None: no connections);
 * `terms`: `Term`s whose tensors the loop adds to CE + r_bn * BN at every step;
+* `joint`: the terms couple a class's slots across groups, so the loop steps the groups of one
+  class block together (a fixed, rank-independent batching) and hands a term all of them;
 * `summary(ledger)`: what the method adds to the manifest once all groups are done.
 
 Anchors and terms are components with a `name`: the loop times each under that name and keeps
@@ -16,6 +18,7 @@ components and one `@register` (see `drc.py`, `pta.py`, `reta.py`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -108,6 +111,11 @@ class Term:
         """The weighted term for the live images x (the optimised tensor, at the stage size)."""
         raise NotImplementedError
 
+    def values(self, groups: list[Group], step: Step, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The term of every group stepped together; their sum is what the step adds. A term that
+        couples groups (e.g. one cloud per class across them) overrides this instead of `value`."""
+        return [self.value(g, step, x) for g, x in zip(groups, xs)]
+
     def end_group(self, group: Group) -> Any:
         """Records of this group (JSON-able), kept in the ledger under the term's name."""
         return None
@@ -131,7 +139,12 @@ class Method:
     anchor: Anchor | None = None
     terms: tuple[Term, ...] = ()
     optimises: bool = True  # False: a selection method (random, RDED) spends no steps
+    joint: bool = False  # True: step each class block's groups together (see `values`)
     summary: Callable[[list[dict]], dict] = lambda ledger: {}
+
+
+# Config sections only some methods read; a method declares which in `register(reads=...)`.
+OPTIONAL_SECTIONS = ("drc", "pta")
 
 
 @dataclass(frozen=True)
@@ -139,16 +152,28 @@ class MethodSpec:
     build: Callable[[Context], Method]
     preset: dict[str, Any]
     description: str
+    reads: tuple[str, ...] = ()  # the OPTIONAL_SECTIONS the method's components read
+
+
+def result_config(cfg: RecoverConfig) -> dict[str, Any]:
+    """The config as it bears on the result: the optional sections the method does not read are
+    left out, so e.g. a new PTA field does not make FADRM's finished benchmark rows look stale."""
+    reads = METHODS.get(cfg.method).reads
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_SECTIONS or k in reads}
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
-def register(name: str, description: str, **preset: Any):
-    """Register `build(ctx) -> Method` under `name` with its config preset (see methods.py)."""
+def register(name: str, description: str, reads: tuple[str, ...] = (), **preset: Any):
+    """Register `build(ctx) -> Method` under `name` with its config preset (see methods.py);
+    `reads`: the optional config sections (drc, pta) its components use."""
+    unknown = set(reads) - set(OPTIONAL_SECTIONS)
+    if unknown:
+        raise ValueError(f"register({name!r}): reads={sorted(unknown)} are not optional sections {OPTIONAL_SECTIONS}")
 
     def add(build: Callable[[Context], Method]) -> Callable[[Context], Method]:
-        METHODS.register(name)(MethodSpec(build, preset, description))
+        METHODS.register(name)(MethodSpec(build, preset, description, tuple(reads)))
         return build
 
     return add
