@@ -32,7 +32,7 @@ def test_check_real_subset_names_the_short_class():
     info = DatasetInfo("tiny", ("a", "b"), 8, (0.5,) * 3, (0.25,) * 3)
     train = TensorImageSet(torch.zeros(5, 3, 8, 8, dtype=torch.uint8), np.array([0, 0, 0, 1, 1]), info, "tiny")
     pipeline.check_real_subset(train, (0.0, 0), 2)
-    with pytest.raises(RetaError, match=r"class 1 \('b'\) has 2 .*ipc=3"):
+    with pytest.raises(RetaError, match=r"class 1 \('b'\) has 2 .*--ipc 3 .*drop --baseline"):
         pipeline.check_real_subset(train, (0.0, 0), 3)
 
 

@@ -129,11 +129,7 @@ def check_real_subset(train: ImageSet, holdout: tuple[float, int], ipc: int) -> 
     `holdout`: the teacher's (fraction, seed), known from its recipe before it is trained, so a
     command can refuse before it writes anything."""
     fit, _ = split_holdout(train, *holdout)
-    for c in range(train.info.num_classes):
-        have = len(fit.indices_of_class(c))
-        if have < ipc:
-            raise RetaError(f"random baseline: class {c} ({train.info.classes[c]!r}) has {have} training images "
-                            f"outside the teacher's held-out split, fewer than ipc={ipc}; lower --ipc or drop --baseline")
+    check_feasible(fit, random_config(ipc, 0), fix="lower --ipc or drop --baseline")
 
 
 def check_baseline(protocols: list[EvalProtocol], train: ImageSet, holdout: tuple[float, int], ipc: int,

@@ -83,10 +83,13 @@ class DatasetInfo:
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (N,3,H,W) -> float (N,3,H,W) in normalised space."""
-        x = images_uint8.float().div_(255.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return self.standardise(images_uint8.float().div_(255.0))
+
+    def standardise(self, x01: torch.Tensor) -> torch.Tensor:
+        """[0,1] float (N,3,H,W) -> normalised space."""
+        mean = torch.tensor(self.mean, device=x01.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x01.device).view(1, 3, 1, 1)
+        return (x01 - mean) / std
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         """normalised float (N,3,H,W) -> [0,1] float, clamped."""

@@ -26,7 +26,7 @@ from reta.teacher import Teacher
 __all__ = ["METHODS", "distill", "preset", "result_config"]
 
 
-def check_feasible(fit: ImageSet, cfg: RecoverConfig) -> None:
+def check_feasible(fit: ImageSet, cfg: RecoverConfig, fix: str = "lower --ipc") -> None:
     """Refuse, before anything is written, an IPC that some class cannot supply real images for."""
     need = cfg.ipc * cfg.rded_factor ** 2 if cfg.init == "rded" else cfg.ipc if cfg.init == "real" else 1
     counts = np.bincount(np.asarray(fit.labels), minlength=fit.info.num_classes)
@@ -35,7 +35,7 @@ def check_feasible(fit: ImageSet, cfg: RecoverConfig) -> None:
         c = short[0]
         raise RetaError(f"class {c} ({fit.info.classes[c]!r}) has {counts[c]} training images outside the held-out split "
                         f"but --method {cfg.method} at --ipc {cfg.ipc} needs {need} per class"
-                        f"{f' ({len(short)} classes fall short)' if len(short) > 1 else ''}; lower --ipc")
+                        f"{f' ({len(short)} classes fall short)' if len(short) > 1 else ''}; {fix}")
 
 
 def distill(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_dir: Path, dev: torch.device,

@@ -72,9 +72,7 @@ class Pool:
         """(n,4) the lowest-CE square crop box of each image among `patch_crops` random ones (RDED)."""
         n, k = len(x01), self.patch_crops
         boxes = rrc_boxes(n * k, 0.08, gen, ratio=(1.0, 1.0))
-        mean = torch.tensor(self.info.mean, device=self.dev).view(1, 3, 1, 1)
-        std = torch.tensor(self.info.std, device=self.dev).view(1, 3, 1, 1)
-        crops = crop_resize((x01.repeat_interleave(k, dim=0) - mean) / std, boxes, self.info.image_size)
+        crops = crop_resize(self.info.standardise(x01.repeat_interleave(k, dim=0)), boxes, self.info.image_size)
         ce = F.cross_entropy(self.model(crops).float(), torch.full((n * k,), class_idx, device=self.dev), reduction="none")
         best = ce.view(n, k).argmin(dim=1).cpu()
         return boxes.view(n, k, 4)[torch.arange(n), best]
@@ -93,9 +91,7 @@ class Pool:
             for s in self.sizes:
                 xs = resample(x01, s)
                 out[f"c{s}"].append(complexity(xs).cpu())
-                mean = torch.tensor(self.info.mean, device=self.dev).view(1, 3, 1, 1)
-                std = torch.tensor(self.info.std, device=self.dev).view(1, 3, 1, 1)
-                out[f"z{s}"].append(normalised_features(self.model, (xs - mean) / std).half().cpu())
+                out[f"z{s}"].append(normalised_features(self.model, self.info.standardise(xs)).half().cpu())
         tensors = {k: torch.cat(v) for k, v in out.items() if v} | {"indices": torch.from_numpy(idx)}
         with io.atomic_path(self._path(class_idx)) as tmp:
             save_file(tensors, str(tmp))
