@@ -367,3 +367,21 @@ def test_kept_own_anchor_is_a_candidate_and_is_recorded(digits, digits_teacher, 
     with pytest.raises(RetaError, match="cannot be combined"):
         _distill(digits, digits_teacher, tmp_path, "both", "drc", **{"drc.keep_own": True, "drc.distinct": True,
                                                                     "batch_composition": "per-class"})
+
+
+def test_reta_aligns_to_the_same_real_reference_as_pta(digits, digits_teacher, tmp_path):
+    """RETA's PTA is the pta ablation's PTA: its reference is the whole real images' topology even
+    though RETA's DRC retrieves RDED patches (drc.pool=patches)."""
+    from reta.recover.loop import Recover
+
+    train, _ = digits
+    refs = {}
+    for method in ("pta", "reta"):
+        cfg = build(RecoverConfig, base={**preset(method), "ipc": 4, "iterations": 8, "batch_size": 10, "rded_candidates": 20})
+        run = Recover(train, [digits_teacher], cfg, tmp_path / method, CPU, cache_dir=tmp_path / "cache", progress=False)
+        term = next(t for t in run.method.terms if t.name == "pta")
+        refs[method] = term.reference(3, run.sizes[0])
+        if method == "reta":
+            assert cfg.drc.pool == "patches" and term.ctx.pool is not term.ctx.real_pool
+    assert refs["pta"].kappa == refs["reta"].kappa and refs["pta"].baseline == refs["reta"].baseline
+    assert all(torch.equal(a, b) for a, b in zip(refs["pta"].signature, refs["reta"].signature))

@@ -3,6 +3,9 @@
 `reta` runs the settings chosen on held-out data (docs/reta.md); `reta-paper` the paper's
 literal ones (persistence images, class sum, lambda_topo = 0.5, infinite bars at 1, raw features
 for retrieval), kept as their own method so both appear in every table.
+
+Revision 1: PTA's real reference is built from whole real images even when DRC retrieves RDED
+patches (before, drc.pool=patches also changed PTA's target, so RETA's PTA was not pta's).
 """
 
 from __future__ import annotations
@@ -18,6 +21,6 @@ def reta_method(ctx: Context) -> Method:
 
 
 register("reta", "RETA: FADRM with retrieved anchors (DRC) and topology alignment (PTA), held-out-chosen settings",
-         reads=("drc", "pta"), init="rded", num_stages=4, drc=DRC_DEFAULTS, pta=PTA_DEFAULTS)(reta_method)
+         reads=("drc", "pta"), revision=1, init="rded", num_stages=4, drc=DRC_DEFAULTS, pta=PTA_DEFAULTS)(reta_method)
 register("reta-paper", "RETA with the paper's literal settings (persistence images, class sum, lambda_topo 0.5)",
-         reads=("drc", "pta"), init="rded", num_stages=4)(reta_method)
+         reads=("drc", "pta"), revision=1, init="rded", num_stages=4)(reta_method)

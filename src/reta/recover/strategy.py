@@ -73,14 +73,23 @@ class Context:
             f = self.teachers[0].features(x)
         return F.normalize(f.float(), dim=1)
 
-    @functools.cached_property
-    def pool(self):
-        """The per-class real candidate pool with cached features at every stage size (built lazily)."""
+    def _pool(self, patch_crops: int):
         from reta.retrieval.pool import Pool
 
         return Pool(self.train, self.teachers[0], self.teacher_hashes[0], sorted(set(self.sizes) | {self.info.image_size}),
                     self.cfg.drc.pool_per_class, self.cfg.seed, self.dev, self.cache_dir, self.cfg.drc.feature_batch,
-                    patch_crops=self.cfg.rded_crops if self.cfg.drc.pool == "patches" else 0)
+                    patch_crops=patch_crops)
+
+    @functools.cached_property
+    def real_pool(self):
+        """Every real (non-held-out) image of each class, whole, with cached features at every stage
+        size (built lazily): what the real data look like to the teacher, e.g. PTA's reference."""
+        return self._pool(0)
+
+    @functools.cached_property
+    def pool(self):
+        """DRC's candidate pool: the real pool itself, or each image's RDED patch (drc.pool=patches)."""
+        return self._pool(self.cfg.rded_crops) if self.cfg.drc.pool == "patches" else self.real_pool
 
 
 class Anchor:
@@ -153,27 +162,31 @@ class MethodSpec:
     preset: dict[str, Any]
     description: str
     reads: tuple[str, ...] = ()  # the OPTIONAL_SECTIONS the method's components read
+    # Bumped when the same config starts to give other images (a fix), so finished benchmark
+    # rows of the earlier implementation are not taken for results of this one.
+    revision: int = 0
 
 
 def result_config(cfg: RecoverConfig) -> dict[str, Any]:
     """The config as it bears on the result: the optional sections the method does not read are
     left out, so e.g. a new PTA field does not make FADRM's finished benchmark rows look stale."""
-    reads = METHODS.get(cfg.method).reads
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_SECTIONS or k in reads}
+    spec = METHODS.get(cfg.method)
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_SECTIONS or k in spec.reads}
+    return {**out, "method_revision": spec.revision} if spec.revision else out
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
-def register(name: str, description: str, reads: tuple[str, ...] = (), **preset: Any):
+def register(name: str, description: str, reads: tuple[str, ...] = (), revision: int = 0, **preset: Any):
     """Register `build(ctx) -> Method` under `name` with its config preset (see methods.py);
-    `reads`: the optional config sections (drc, pta) its components use."""
+    `reads`: the optional config sections (drc, pta) its components use; `revision`: see MethodSpec."""
     unknown = set(reads) - set(OPTIONAL_SECTIONS)
     if unknown:
         raise ValueError(f"register({name!r}): reads={sorted(unknown)} are not optional sections {OPTIONAL_SECTIONS}")
 
     def add(build: Callable[[Context], Method]) -> Callable[[Context], Method]:
-        METHODS.register(name)(MethodSpec(build, preset, description, tuple(reads)))
+        METHODS.register(name)(MethodSpec(build, preset, description, tuple(reads), revision))
         return build
 
     return add
