@@ -105,3 +105,13 @@ def test_demo_plots_top1_vs_ipc_and_explains_every_method(tmp_path):
     assert (tmp_path / "d" / "top1_vs_ipc.png").is_file() and "![top-1 vs IPC](top1_vs_ipc.png)" in report
     assert "- **random**" in report and "- **fadrm**" in report and "points vs random" in report
     assert "configs/demo.yaml" in report
+
+
+def test_a_finished_set_made_with_other_settings_is_refused_not_reused(digits, digits_teacher, tmp_path):
+    train, _ = digits
+    folder = tmp_path / "set"
+    pipeline.distilled(train, [digits_teacher], pipeline.random_config(2, 0), folder, torch.device("cpu"), False)
+    images, _ = pipeline.distilled(train, [digits_teacher], pipeline.random_config(2, 0), folder, torch.device("cpu"), False)
+    assert len(images) == 20
+    with pytest.raises(RetaError, match=r"other settings \(seed differ\)"):
+        pipeline.distilled(train, [digits_teacher], pipeline.random_config(2, 1), folder, torch.device("cpu"), False)

@@ -159,7 +159,9 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
           f"scored on {split} ({len(scored_on)} images)", flush=True)
     rows = []
     for (label, seed), cfg in configs.items():
-        run_dir = out / label / f"seed{seed}"
+        # One folder per result identity: a set made by other settings or an earlier method
+        # revision under the same label is never taken for this one.
+        run_dir = out / label / f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}"
         loaded = None  # the distilled set, read only when some student's row is missing
         for i, student in enumerate(students):
             identity = row_identity(label, seed, student, split, key, cfg, soft[student], hard if i == 0 else None)

@@ -20,6 +20,7 @@ every number they print is produced the same way:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from reta.data.dataset import ImageSet, split_holdout
 from reta.distilled import MANIFEST, read_distilled
 from reta.errors import RetaError
 from reta.evaluate import evaluate, hlr, ior, lrs
-from reta.recover import check_feasible, distill, preset
+from reta.recover import METHODS, check_feasible, distill, preset, result_config
+from reta.recover.strategy import OPTIONAL_SECTIONS
 from reta.retrieval.pool import default_cache_dir
 from reta.teacher import Teacher, load_teacher, squeeze
 
@@ -108,6 +110,12 @@ def cached_teacher(train: ImageSet, test: ImageSet, recipe: SqueezeConfig, dev: 
 
 # -- distilled sets --------------------------------------------------------------------------------
 
+def legacy_result_config(config: dict) -> dict:
+    """result_config of a set whose manifest predates it (method revision 0)."""
+    reads = METHODS.get(config["method"]).reads if config.get("method") in METHODS.names() else ()
+    return {k: v for k, v in config.items() if k not in OPTIONAL_SECTIONS or k in reads}
+
+
 def distilled(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, folder: Path, dev: torch.device,
               progress: bool, cache_dir: Path | None = None):
     """(images, manifest) of the set in `folder`, distilled (or resumed) first when it is unfinished."""
@@ -115,7 +123,14 @@ def distilled(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, fold
     if not (folder / MANIFEST).is_file():
         print(f"[reta] distill {cfg.method} (IPC {cfg.ipc}, seed {cfg.seed}) -> {folder}", flush=True)
         distill(train, teachers, cfg, folder, dev, cache_dir=cache_dir, progress=progress)
-    return read_distilled(folder, expect=train.info)
+    images, manifest = read_distilled(folder, expect=train.info)
+    made_with = manifest.get("result_config") or legacy_result_config(manifest.get("config", {}))
+    wanted = json.loads(json.dumps(result_config(cfg)))
+    if made_with != wanted:
+        differs = sorted(k for k in set(made_with) | set(wanted) if made_with.get(k) != wanted.get(k))
+        raise RetaError(f"{folder} holds a finished set made with other settings ({', '.join(differs)} differ); "
+                        f"use another --out (or --overwrite)")
+    return images, manifest
 
 
 def random_config(ipc: int, seed: int) -> RecoverConfig:

@@ -39,7 +39,7 @@ from reta.data.dataset import ImageSet
 from reta.distilled import image_path, to_uint8, write_manifest, write_png
 from reta.errors import RetaError
 from reta.losses.bn import BNStatHooks
-from reta.recover.strategy import METHODS, Context, Group, Method, Step
+from reta.recover.strategy import METHODS, Context, Group, Method, Step, result_config
 from reta.runtime import autocast, autocast_dtype, derive_seed, peak_memory_mb
 from reta.schedule import cosine_lr
 from reta.teacher import Teacher
@@ -537,6 +537,8 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
     ratios = [e["grad_ratio"] for e in ledger if e.get("grad_ratio")]
     manifest = {
         "method": cfg.method, "config": dataclasses.asdict(cfg),
+        # what the images are a result of (config sections the method reads, its revision)
+        "result_config": result_config(cfg),
         "seeds": {"run": cfg.seed, "rule": "derive_seed(seed, 'group', g) per group; per class for init"},
         "teacher_sha256": recover.teacher_hashes, "stage_sizes": recover.sizes, "stage_budgets": recover.budgets,
         "jitter": recover.jitter, "tied_channels": recover.tied,
