@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -113,5 +115,8 @@ def test_a_finished_set_made_with_other_settings_is_refused_not_reused(digits, d
     pipeline.distilled(train, [digits_teacher], pipeline.random_config(2, 0), folder, torch.device("cpu"), False)
     images, _ = pipeline.distilled(train, [digits_teacher], pipeline.random_config(2, 0), folder, torch.device("cpu"), False)
     assert len(images) == 20
+    # bench's random config carries the tier's budget; a selection method spends none (same set)
+    bench_like = dataclasses.replace(pipeline.random_config(2, 0), iterations=300)
+    assert len(pipeline.distilled(train, [digits_teacher], bench_like, folder, torch.device("cpu"), False)[0]) == 20
     with pytest.raises(RetaError, match=r"other settings \(seed differ\)"):
         pipeline.distilled(train, [digits_teacher], pipeline.random_config(2, 1), folder, torch.device("cpu"), False)

@@ -32,7 +32,7 @@ from reta.data.dataset import ImageSet, split_holdout
 from reta.distilled import MANIFEST, read_distilled
 from reta.errors import RetaError
 from reta.evaluate import evaluate, hlr, ior, lrs
-from reta.recover import METHODS, check_feasible, distill, preset, result_config
+from reta.recover import METHODS, check_feasible, distill, effective, preset, result_config
 from reta.recover.strategy import OPTIONAL_SECTIONS
 from reta.retrieval.pool import default_cache_dir
 from reta.teacher import Teacher, load_teacher, squeeze
@@ -125,7 +125,7 @@ def distilled(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, fold
         distill(train, teachers, cfg, folder, dev, cache_dir=cache_dir, progress=progress)
     images, manifest = read_distilled(folder, expect=train.info)
     made_with = manifest.get("result_config") or legacy_result_config(manifest.get("config", {}))
-    wanted = json.loads(json.dumps(result_config(cfg)))
+    wanted = json.loads(json.dumps(result_config(effective(cfg))))
     if made_with != wanted:
         differs = sorted(k for k in set(made_with) | set(wanted) if made_with.get(k) != wanted.get(k))
         raise RetaError(f"{folder} holds a finished set made with other settings ({', '.join(differs)} differ); "

@@ -23,7 +23,14 @@ from reta.recover import drc, methods, pta, reta  # noqa: F401 - each module reg
 from reta.recover.strategy import METHODS, preset, result_config
 from reta.teacher import Teacher
 
-__all__ = ["METHODS", "distill", "preset", "result_config"]
+__all__ = ["METHODS", "distill", "effective", "preset", "result_config"]
+
+
+def effective(cfg: RecoverConfig) -> RecoverConfig:
+    """The config a run actually uses: selection methods have no budget to spend."""
+    if METHODS.get(cfg.method).preset.get("iterations") == 0 and cfg.iterations:
+        return dataclasses.replace(cfg, iterations=0)
+    return cfg
 
 
 def check_feasible(fit: ImageSet, cfg: RecoverConfig, fix: str = "lower --ipc") -> None:
@@ -48,8 +55,7 @@ def distill(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, out_di
     (the dataset's, the teachers'). Everything is validated before out_dir is claimed.
     """
     out_dir = Path(out_dir)
-    if METHODS.get(cfg.method).preset.get("iterations") == 0 and cfg.iterations:
-        cfg = dataclasses.replace(cfg, iterations=0)  # selection methods have no budget to spend
+    cfg = effective(cfg)
     teacher = teachers[0]
     for t in teachers[1:]:
         teacher.info.check_compatible(t.info, f"teacher {teacher.path}", f"teacher {t.path}")
