@@ -64,9 +64,10 @@ def test_bench_writes_under_out_only_and_resumes_across_machines(tiny_bench, tmp
     assert by[("random", "convnet2-w8-in")]["hlr"] is None and by[("random", "convnet2-w8")]["hlr"] is not None
     assert by[("random", "convnet2-w8")]["delta_vs_fadrm_std"] is not None
     # The random rows are `--method random` with the synthesis seed: two seeds, two subsets.
-    seed0 = sorted(p.read_bytes() for p in (out / "random" / "seed0" / "distilled" / "images").rglob("*.png"))
-    seed1 = sorted(p.read_bytes() for p in (out / "random" / "seed1" / "distilled" / "images").rglob("*.png"))
-    assert seed0 != seed1
+    (set0,), (set1,) = (list((out / "random").glob(f"seed{s}-*/distilled")) for s in (0, 1))
+    seed0 = sorted(p.read_bytes() for p in (set0 / "images").rglob("*.png"))
+    seed1 = sorted(p.read_bytes() for p in (set1 / "images").rglob("*.png"))
+    assert seed0 and seed0 != seed1
 
     _no_training(monkeypatch)
     again = run_bench("digits-ipc2", "quick", out, **kwargs)
