@@ -33,7 +33,7 @@ from reta.distilled import MANIFEST, read_distilled
 from reta.errors import RetaError
 from reta.evaluate import evaluate, hlr, ior, lrs
 from reta.recover import METHODS, check_feasible, distill, effective, preset, result_config
-from reta.recover.strategy import OPTIONAL_SECTIONS
+from reta.recover.strategy import sections_read
 from reta.retrieval.pool import default_cache_dir
 from reta.teacher import Teacher, load_teacher, squeeze
 
@@ -112,8 +112,7 @@ def cached_teacher(train: ImageSet, test: ImageSet, recipe: SqueezeConfig, dev: 
 
 def legacy_result_config(config: dict) -> dict:
     """result_config of a set whose manifest predates it (method revision 0)."""
-    reads = METHODS.get(config["method"]).reads if config.get("method") in METHODS.names() else ()
-    return {k: v for k, v in config.items() if k not in OPTIONAL_SECTIONS or k in reads}
+    return sections_read(config, METHODS.get(config["method"]).reads if config.get("method") in METHODS.names() else ())
 
 
 def distilled(train: ImageSet, teachers: list[Teacher], cfg: RecoverConfig, folder: Path, dev: torch.device,

@@ -171,8 +171,13 @@ def result_config(cfg: RecoverConfig) -> dict[str, Any]:
     """The config as it bears on the result: the optional sections the method does not read are
     left out, so e.g. a new PTA field does not make FADRM's finished benchmark rows look stale."""
     spec = METHODS.get(cfg.method)
-    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPTIONAL_SECTIONS or k in spec.reads}
+    out = sections_read(dataclasses.asdict(cfg), spec.reads)
     return {**out, "method_revision": spec.revision} if spec.revision else out
+
+
+def sections_read(config: dict[str, Any], reads: tuple[str, ...]) -> dict[str, Any]:
+    """A config dict without the optional sections not in `reads`."""
+    return {k: v for k, v in config.items() if k not in OPTIONAL_SECTIONS or k in reads}
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
