@@ -299,6 +299,29 @@ def test_patch_pool_holds_each_image_s_lowest_ce_crop(digits, digits_teacher, tm
     assert len(manifest["drc_selections"]) == 3 * 40
 
 
+def test_one_pool_serves_every_synthesis_seed(digits, digits_teacher, tmp_path):
+    """The pool is prebuilt per teacher: runs with other seeds read the same cached patches, while a
+    pool that draws crops from another seed is another pool."""
+    from reta.recover.loop import Recover
+    from reta.retrieval.pool import Pool
+
+    train, _ = digits
+    pools = []
+    for seed in (0, 1):
+        cfg = build(RecoverConfig, base={**preset("drc"), "ipc": 4, "iterations": 8, "batch_size": 10,
+                                         "rded_candidates": 20, "seed": seed})
+        run = Recover(train, [digits_teacher], cfg, tmp_path / f"r{seed}", CPU, cache_dir=tmp_path / "cache",
+                      progress=False)
+        pools.append(run.method.anchor.ctx.pool)
+    assert pools[0].dir == pools[1].dir
+    assert torch.equal(pools[0].get(3)["boxes"], pools[1].get(3)["boxes"])
+    other = Pool(train, digits_teacher.model, digits_teacher.weights_hash, pools[0].sizes, 0, 7, CPU, tmp_path / "cache",
+                 patch_crops=cfg.rded_crops)
+    assert other.dir != pools[0].dir and not torch.equal(other.get(3)["boxes"], pools[0].get(3)["boxes"])
+    whole = [Pool(train, digits_teacher.model, "h", [16], 0, seed, CPU, tmp_path / "w").dir for seed in (0, 7)]
+    assert whole[0] == whole[1]  # whole images draw nothing, so the seed is not part of the pool
+
+
 def test_a_truncated_initial_image_file_is_rebuilt_on_resume(digits, digits_teacher, tmp_path):
     """A kill while OUT/init/*.safetensors was being written must not fail every rerun."""
     out, _ = _distill(digits, digits_teacher, tmp_path, "run", "fadrm")

@@ -133,7 +133,8 @@ def with_retrieval(ctx: Context, method: Method) -> Method:
 DRC_DEFAULTS = {"features": "centred", "pool": "patches", "partition": True}
 
 
+# Revision 1: the pool's RDED patches are drawn from the fixed pool seed (strategy.POOL_SEED).
 @register("drc", "FADRM with every residual anchor retrieved from the real pool (RETA's DRC alone)", reads=("drc",),
-          init="rded", num_stages=4, drc=DRC_DEFAULTS)
+          revision=1, init="rded", num_stages=4, drc=DRC_DEFAULTS)
 def drc(ctx: Context) -> Method:
     return with_retrieval(ctx, fadrm_method(ctx))

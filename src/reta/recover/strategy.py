@@ -52,6 +52,12 @@ class Step:
     local: int  # step within the stage
 
 
+# The paper's pool is prebuilt: a property of the data and the teacher, not of a synthesis run.
+# Its random draws (patch crops, a per-class cap) use this seed, so one cached pool serves every
+# synthesis seed and method that reads it, and only the first run on a teacher pays for building it.
+POOL_SEED = 0
+
+
 class Context:
     """The run's shared, read-only inputs, and the few derived resources components share."""
 
@@ -77,7 +83,7 @@ class Context:
         from reta.retrieval.pool import Pool
 
         return Pool(self.train, self.teachers[0], self.teacher_hashes[0], sorted(set(self.sizes) | {self.info.image_size}),
-                    self.cfg.drc.pool_per_class, self.cfg.seed, self.dev, self.cache_dir, self.cfg.drc.feature_batch,
+                    self.cfg.drc.pool_per_class, POOL_SEED, self.dev, self.cache_dir, self.cfg.drc.feature_batch,
                     patch_crops=patch_crops)
 
     @functools.cached_property

@@ -50,8 +50,11 @@ class Pool:
         self.per_class = per_class
         self.seed = seed
         self.patch_crops = patch_crops
+        # A pool that draws nothing at random (every whole image) is the same for every seed, so
+        # the seed is only part of the key when a per-class cap or patch crops use it.
+        drawn = {"seed": seed} if per_class or patch_crops else {}
         key = io.sha256_json({"teacher": teacher_hash, "data": train.content_hash(), "sizes": self.sizes,
-                              "per_class": per_class, "seed": seed, "version": 1,
+                              "per_class": per_class, "version": 1, **drawn,
                               **({"patch_crops": patch_crops} if patch_crops else {})})[:20]
         self.dir = (cache_dir or default_cache_dir()) / "pools" / key
         self._loaded: dict[int, dict[str, torch.Tensor]] = {}
