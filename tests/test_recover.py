@@ -408,3 +408,25 @@ def test_reta_aligns_to_the_same_real_reference_as_pta(digits, digits_teacher, t
             assert cfg.drc.pool == "patches" and term.ctx.pool is not term.ctx.real_pool
     assert refs["pta"].kappa == refs["reta"].kappa and refs["pta"].baseline == refs["reta"].baseline
     assert all(torch.equal(a, b) for a, b in zip(refs["pta"].signature, refs["reta"].signature))
+
+
+def test_pixel_correlation_known_answers():
+    from reta.recover.loop import pixel_correlation
+
+    x = torch.randn(3, 3, 8, 8)
+    assert torch.allclose(pixel_correlation(x, x), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(pixel_correlation(x, 2 * x + 3), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(pixel_correlation(x, -x), -torch.ones(3, dtype=torch.float64))
+    a = torch.zeros(1, 1, 2, 2)
+    a[0, 0, 0] = 1.0  # rows [1,1],[0,0] against columns [1,0],[1,0]: uncorrelated
+    b = torch.zeros(1, 1, 2, 2)
+    b[0, 0, :, 0] = 1.0
+    assert float(pixel_correlation(a, b)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_manifest_records_how_alike_each_image_and_its_anchor_are(digits, digits_teacher, tmp_path):
+    """FADRM's anchor is the image's own init patch, so after a stage the two still correlate."""
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "run", "fadrm")
+    corr = manifest["anchor_correlation_median"]
+    assert len(corr) == manifest["config"]["num_stages"] - 1 and all(-1 <= c <= 1 for c in corr)
+    assert corr[0] > 0.5

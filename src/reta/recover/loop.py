@@ -127,6 +127,16 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def pixel_correlation(x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """(n,) Pearson correlation over pixels of each image with its anchor: near 1 when the residual
+    connection blends an image with what it already looks like, near 0 when with an unrelated one
+    (a ghost of two pictures)."""
+    a = x.flatten(1).double()
+    b = anchor.flatten(1).double()
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
 def mix(x: torch.Tensor, anchor: torch.Tensor, alpha: float, size: int) -> torch.Tensor:
     """FADRM's residual connection in normalised space: alpha*resize(x) + (1-alpha)*resize(anchor)."""
     return alpha * resize(x, size) + (1 - alpha) * resize(anchor, size)
@@ -378,6 +388,8 @@ class Recover:
                             with self.timer(anchor.name):
                                 images, chosen = anchor.images(g, s + 1, xs[i])
                             records[i][anchor.name].extend(chosen)
+                            records[i].setdefault("anchor_correlation", []).append(
+                                pixel_correlation(xs[i], images).float().tolist())
                             xs[i] = mix(xs[i], images, cfg.alpha, self.sizes[s + 1])
         for term in self.method.terms:
             for g, r in zip(groups, records):
@@ -535,6 +547,8 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
     compute = sum(entry["seconds"] for entry in ledger)
     setup = sum(s.get("setup_seconds", 0.0) for s in summaries)
     ratios = [e["grad_ratio"] for e in ledger if e.get("grad_ratio")]
+    # per connection, the median over images of anchor-vs-image pixel correlation (see pixel_correlation)
+    correlations = [e["anchor_correlation"] for e in ledger if e.get("anchor_correlation")]
     manifest = {
         "method": cfg.method, "config": dataclasses.asdict(cfg),
         # what the images are a result of (config sections the method reads, its revision)
@@ -548,6 +562,8 @@ def finalise(out_dir: Path, recover: Recover, summaries: list[dict], seconds: fl
         **{f"{c.name}_share": timings.get(c.name, 0.0) / max(compute, 1e-9) for c in recover.components},
         "grad_ratio": {k: {"min": min(r[k] for r in ratios), "max": max(r[k] for r in ratios),
                            "median": float(np.median([r[k] for r in ratios]))} for k in (ratios[0] if ratios else {})},
+        "anchor_correlation_median": [float(np.median([v for c in correlations for v in c[k]]))
+                                      for k in range(len(correlations[0]))] if correlations else None,
         "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries), "versions": io.versions(),
         **recover.method.summary(ledger), "groups": ledger, **extra,
     }
