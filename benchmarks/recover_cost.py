@@ -39,7 +39,8 @@ def main() -> None:
         m = distill(train, [teacher], cfg, out, dev, cache_dir=cache, progress=False)
         run = {"seed": seed, "wall_seconds": time.time() - t0, "group_seconds": m["timings"]["group_seconds"],
                "setup_seconds": m["timings"]["setup_seconds"], "pta_share": m.get("pta_share"),
-               "drc_share": m.get("drc_share")}
+               "drc_share": m.get("drc_share"), "anchor_correlation_median": m.get("anchor_correlation_median"),
+               "shared_anchor_fraction": m.get("shared_anchor_fraction")}
         print(method, run, flush=True)
         return run
 
