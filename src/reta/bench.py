@@ -90,6 +90,11 @@ def row_identity(label: str, seed: int, student: str, split: str, teacher_key: s
             "protocol_hard": dataclasses.asdict(hard) if hard else None}
 
 
+def protocol(settings: dict, student: str, labels: str) -> EvalProtocol:
+    """The tier's evaluation protocol for one student and label kind (online KD or hard)."""
+    return build(EvalProtocol, base={**settings["protocol"], "student": student, "labels": labels})
+
+
 def current_committed_rows(committed: Path, rows: list[dict], spec: dict, settings: dict, split: str,
                            teacher_key: str) -> list[dict]:
     """Committed rows of other variants, seeds or students that the current code and settings would
@@ -104,8 +109,7 @@ def current_committed_rows(committed: Path, rows: list[dict], spec: dict, settin
             cfg = variant_config(row["variant"], spec, settings, row["synthesis_seed"])
         except RetaError:  # a method or field that no longer exists: stale
             continue
-        soft = build(EvalProtocol, base={**settings["protocol"], "student": row["student"], "labels": "online"})
-        hard = build(EvalProtocol, base={**settings["protocol"], "student": row["student"], "labels": "hard"})
+        soft, hard = protocol(settings, row["student"], "online"), protocol(settings, row["student"], "hard")
         keys = {io.sha256_json(row_identity(row["variant"], row["synthesis_seed"], row["student"], split, teacher_key,
                                             cfg, soft, h))[:16] for h in (hard, None)}
         if row["key"] in keys:
@@ -130,9 +134,9 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     variants = {label: parse_variant(label) for label in methods}
     recipe = build(SqueezeConfig, base=settings["teacher"])
     students = students or [settings["protocol"]["student"]]
-    soft = {s: build(EvalProtocol, base={**settings["protocol"], "student": s, "labels": "online"}) for s in students}
+    soft = {s: protocol(settings, s, "online") for s in students}
     # Hard-label students only serve HLR/LRS; a held-out study of defaults can skip them.
-    hard = build(EvalProtocol, base={**settings["protocol"], "student": students[0], "labels": "hard"}) if hard_labels else None
+    hard = protocol(settings, students[0], "hard") if hard_labels else None
     configs = {(label, seed): variant_config(label, spec, settings, seed)
                for label in variants for seed in range(synthesis_seeds)}
 

@@ -76,7 +76,7 @@ class RetrievalAnchor(Anchor):
                 z_own = ctx.features(own_at)
                 if cfg.features == "centred":
                     z_own = centre(z_own, mean)
-                own_fit = ((qc.float() - z_own.float()) ** 2).sum(dim=1).clamp(0.0, 4.0)
+                own_fit = squared_fit(qc, z_own).diagonal()  # each slot against its own patch only
                 own_comp = complexity(ctx.info.denormalise(own_at).clamp(0, 1))
             owner = slot_partition(len(z), ipc, ctx.cfg.seed, c) if cfg.partition else None
             if cfg.partition or cfg.keep_own:

@@ -64,7 +64,6 @@ class TopologyTerm(Term):
     def prepare_class(self, c: int) -> None:
         for size in sorted(set(self.ctx.sizes)):
             self.reference(c, size)
-            self.slot_features(c, size)
 
     # -- per step: one cloud per class over every live slot of the step ----------------------
     def begin_group(self, group: Group) -> None:
@@ -80,8 +79,9 @@ class TopologyTerm(Term):
             rows = np.flatnonzero(classes == c)
             live_slots = set((slots[rows] % ipc).tolist())
             others = [i for i in range(ipc) if i not in live_slots]
-            cloud = torch.cat([z_live[torch.as_tensor(rows, device=z_live.device)],
-                               self.slot_features(c, size)[others].to(z_live)])
+            cloud = z_live[torch.as_tensor(rows, device=z_live.device)]
+            if others:  # a live cloud holds every slot; only a capped class block reads initial states
+                cloud = torch.cat([cloud, self.slot_features(c, size)[others].to(cloud)])
             ref = self.reference(c, size)
             term = topology.signature_distance(
                 topology.signature(cloud, ref.kappa, cfg.k, cfg.distance, cfg.grid, cfg.infinite_bars),
@@ -111,11 +111,12 @@ class TopologyTerm(Term):
         out = []
         for g, x, xr, grad in zip(groups, xs, x_r, grads):
             state = self._state[g.key]
-            record = {"stage": step.stage, "step": step.local, "loss": float(value.detach()),
+            # Tensors until end_group, so a GPU run does not wait on the host at every evaluation.
+            record = {"stage": step.stage, "step": step.local, "loss": value.detach(),
                       # the applied gradient is the exact one, computed at this very step
                       "cosine": 1.0}
             if state["grad"] is not None and step.local > 0:  # how fast the exact gradient turns
-                record["previous_step_cosine"] = float(F.cosine_similarity(state["grad"].flatten(), grad.flatten(), dim=0))
+                record["previous_step_cosine"] = F.cosine_similarity(state["grad"].flatten(), grad.flatten(), dim=0)
             state["refreshes"].append(record)
             state["grad"] = grad.detach()
             # Value: this group's share of the loss; gradient: exactly weight * dL/dx of this group.
@@ -123,7 +124,8 @@ class TopologyTerm(Term):
         return out
 
     def end_group(self, group: Group) -> dict:
-        return {"refreshes": self._state.pop(group.key)["refreshes"]}
+        refreshes = self._state.pop(group.key)["refreshes"]
+        return {"refreshes": [{k: float(v) if torch.is_tensor(v) else v for k, v in r.items()} for r in refreshes]}
 
 
 def pta_summary(ledger: list[dict]) -> dict:
