@@ -430,3 +430,18 @@ def test_manifest_records_how_alike_each_image_and_its_anchor_are(digits, digits
     corr = manifest["anchor_correlation_median"]
     assert len(corr) == manifest["config"]["num_stages"] - 1 and all(-1 <= c <= 1 for c in corr)
     assert corr[0] > 0.5
+
+
+def test_grad_ratio_of_each_group_against_its_own_base_gradient():
+    """Known answer: group i's ratio is ||d(sum of the term over groups)/dx_i|| / ||d(CE_i + BN_i)/dx_i||."""
+    from reta.recover.loop import Recover
+
+    x1 = torch.tensor([1.0, 2.0], requires_grad=True)
+    x2 = torch.tensor([3.0, -1.0], requires_grad=True)
+    coupled = 3 * (x1.sum() + 2 * x2.sum())  # a term coupling the groups, split in two shares
+    per_group = [{"ce": (x1 ** 2).sum(), "bn": x1.sum(), "pta": coupled / 2},
+                 {"ce": (x2 ** 2).sum(), "bn": 0 * x2.sum(), "pta": coupled / 2}]
+    ratios = Recover._grad_ratios(per_group, [x1, x2])
+    # base gradients: 2*x1 + 1 = (3, 5); 2*x2 = (6, -2). term gradients: (3, 3) and (6, 6)
+    assert ratios[0]["pta"] == pytest.approx((3 * 2 ** 0.5) / 34 ** 0.5)
+    assert ratios[1]["pta"] == pytest.approx((6 * 2 ** 0.5) / 40 ** 0.5)

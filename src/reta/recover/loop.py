@@ -400,18 +400,21 @@ class Recover:
     def _grad_ratios(per_group: list[dict[str, torch.Tensor]], xs: list[torch.Tensor]) -> list[dict[str, float]]:
         """Per group, ||d term / dx|| / ||d (CE + r_bn BN) / dx|| for every extra term at the first step.
 
-        A term's gradient is that of its sum over the groups stepped together, so a term coupling
-        groups (one cloud per class across them) is measured whole, not by its per-group share."""
+        A group's CE and BN statistics depend on its own images only, so one backward of their sum
+        over the groups gives every group's own base gradient (not one backward per group). A term's
+        gradient is that of its sum over the groups stepped together, so a term coupling groups (one
+        cloud per class across them) is measured whole, not by its per-group share."""
         extra = [k for k in per_group[0] if k not in ("ce", "bn")]
         if not extra:
             return [{} for _ in xs]
+        base = torch.autograd.grad(sum(t["ce"] + t["bn"] for t in per_group), xs, retain_graph=True)
         out = [{} for _ in xs]
-        for i, (terms, x) in enumerate(zip(per_group, xs)):
-            base = torch.autograd.grad(terms["ce"] + terms["bn"], x, retain_graph=True)[0].norm()
-            for name in extra:
-                total = sum(t[name] for t in per_group)
-                g = torch.autograd.grad(total, x, retain_graph=True, allow_unused=True)[0] if total.requires_grad else None
-                out[i][name] = float(g.norm() / base.clamp_min(1e-30)) if g is not None else 0.0  # a term that is off: 0
+        for name in extra:
+            total = sum(t[name] for t in per_group)
+            grads = (torch.autograd.grad(total, xs, retain_graph=True, allow_unused=True) if total.requires_grad
+                     else [None] * len(xs))
+            for i, (g, b) in enumerate(zip(grads, base)):
+                out[i][name] = float(g.norm() / b.norm().clamp_min(1e-30)) if g is not None else 0.0  # a term that is off: 0
         return out
 
     def classes_of(self, group_ids: list[int]) -> list[int]:
