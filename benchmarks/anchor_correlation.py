@@ -13,10 +13,10 @@ import argparse
 from pathlib import Path
 
 from reta import io, pipeline
-from reta.bench import presets, tier_settings
-from reta.config import RecoverConfig, SqueezeConfig, build
+from reta.bench import presets, tier_settings, variant_config
+from reta.config import SqueezeConfig, build
 from reta.data import load_dataset
-from reta.recover import distill, preset
+from reta.recover import distill
 from reta.runtime import device
 
 
@@ -32,7 +32,7 @@ def main() -> None:
         train, test = load_dataset(spec["data"], pipeline.default_data_root())
         dev = device()
         teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
-        cfg = build(RecoverConfig, base={**preset("fadrm"), "ipc": spec["ipc"], **settings["recover"], "seed": 0})
+        cfg = variant_config("fadrm", spec, settings, 0)
         distill(train, [teacher], cfg, args.runs[0] / "fadrm-anchor-diagnostic", dev, progress=False)
     rows = []
     for root in args.runs:

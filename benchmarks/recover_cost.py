@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from reta import io, pipeline
-from reta.bench import presets, tier_settings
-from reta.config import RecoverConfig, SqueezeConfig, build
+from reta.bench import presets, tier_settings, variant_config
+from reta.config import SqueezeConfig, build
 from reta.data import load_dataset
-from reta.recover import distill, preset
+from reta.recover import distill
 from reta.runtime import device
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     dev = device()
     teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
     def timed(method: str, seed: int, out: Path, cache: Path) -> dict:
-        cfg = build(RecoverConfig, base={**preset(method), "ipc": spec["ipc"], **settings["recover"], "seed": seed})
+        cfg = variant_config(method, spec, settings, seed)
         t0 = time.time()
         m = distill(train, [teacher], cfg, out, dev, cache_dir=cache, progress=False)
         run = {"seed": seed, "wall_seconds": time.time() - t0, "group_seconds": m["timings"]["group_seconds"],
