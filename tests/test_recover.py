@@ -445,3 +445,34 @@ def test_grad_ratio_of_each_group_against_its_own_base_gradient():
     # base gradients: 2*x1 + 1 = (3, 5); 2*x2 = (6, -2). term gradients: (3, 3) and (6, 6)
     assert ratios[0]["pta"] == pytest.approx((3 * 2 ** 0.5) / 34 ** 0.5)
     assert ratios[1]["pta"] == pytest.approx((6 * 2 ** 0.5) / 40 ** 0.5)
+
+
+def test_retrieval_starts_at_first_connection(digits, digits_teacher, tmp_path):
+    """Before drc.first_connection the anchor is FADRM's own init patch, so up to there the run is
+    FADRM's: the first connection blends the same images with the same anchors."""
+    _, fadrm = _distill(digits, digits_teacher, tmp_path, "fadrm", "fadrm", **{"precision": "fp32"})
+    _, late = _distill(digits, digits_teacher, tmp_path, "late", "drc", **{"precision": "fp32", "drc.first_connection": 2})
+    assert {r["stage"] for r in late["drc_selections"]} == {2, 3}
+    assert late["anchor_correlation_median"][0] == pytest.approx(fadrm["anchor_correlation_median"][0], abs=1e-9)
+    assert late["anchor_correlation_median"][1] != pytest.approx(fadrm["anchor_correlation_median"][1], abs=1e-6)
+
+
+def test_blend_fit_measures_how_far_the_injection_moves_the_image(digits, digits_teacher, tmp_path):
+    """drc.fit=blend: injecting the image itself moves it nowhere (fit 0, the best); the recorded fit
+    of a chosen anchor is the feature distance between the image and its blend with that anchor."""
+    from reta.recover.drc import RetrievalAnchor
+    from reta.recover.loop import Recover
+    from reta.retrieval.score import squared_fit
+
+    train, _ = digits
+    cfg = build(RecoverConfig, base={**preset("drc"), "ipc": 4, "iterations": 8, "batch_size": 10, "rded_candidates": 20,
+                                     "precision": "fp32", "channels_last": False, "drc": {"fit": "blend"}})
+    run = Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
+    anchor = run.method.anchor
+    assert isinstance(anchor, RetrievalAnchor)
+    x = run.init_of(run.groups()[0][:1])
+    others = anchor.ctx.pool.normalised(0, torch.arange(3))
+    fit = anchor._blend_fit(anchor.ctx.features(x)[0], x[0], torch.cat([x, others]), None)
+    assert float(fit[0]) == pytest.approx(0.0, abs=1e-5) and bool((fit[1:] > fit[0]).all())
+    blended = 0.5 * x + 0.5 * others
+    assert torch.allclose(fit[1:], squared_fit(anchor.ctx.features(x), anchor.ctx.features(blended))[0], atol=1e-5)

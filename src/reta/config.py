@@ -105,6 +105,13 @@ class DRCConfig:
     # keep_own: the slot's own init patch (FADRM's fixed anchor) is one more candidate of every
     # retrieval, so a connection swaps it only for a real patch with a better score J.
     keep_own: bool = False
+    # fit: `anchor` is the paper's ||q(x) - z(o)||^2; `blend` re-scores the M best of those by how
+    # far the injection itself moves the image, ||q(x) - q(alpha*x + (1-alpha)*o)||^2, which counts
+    # the ghost an unrelated picture makes (docs/reta.md, "DRC blends unrelated pictures").
+    fit: Literal["anchor", "blend"] = "anchor"
+    # Connections before this one (1 = the first, into stage 2) keep the own init patch, FADRM's
+    # anchor, where the image is still close to it; retrieval starts at this connection.
+    first_connection: int = 1
     feature_batch: int = 256  # pool images per teacher forward while building the cache
 
     def __post_init__(self):
@@ -113,6 +120,8 @@ class DRCConfig:
         _positive(self, "feature_batch")
         _enum(self, "features")
         _enum(self, "pool")
+        _enum(self, "fit")
+        _check(self.first_connection >= 1, "first_connection", self.first_connection, "must be 1 or more (1 = every connection)")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from reta.errors import RetaError
+from reta.recover.loop import mix
 from reta.recover.methods import fadrm_method
 from reta.recover.strategy import Anchor, Context, Group, Method, register
 from reta.data.augment import resample
@@ -54,6 +55,8 @@ class RetrievalAnchor(Anchor):
     @torch.no_grad()
     def images(self, group: Group, stage: int, x_next: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         ctx, cfg = self.ctx, self.cfg
+        if stage < cfg.first_connection:  # an early connection keeps FADRM's anchor, the own init patch
+            return ctx.init_of(group.slots).to(x_next.device), []
         size, ipc = x_next.shape[-1], ctx.cfg.ipc
         q = ctx.features(x_next)
         out = torch.empty(len(x_next), 3, ctx.info.image_size, ctx.info.image_size, device=x_next.device)
@@ -63,35 +66,44 @@ class RetrievalAnchor(Anchor):
             data = ctx.pool.get(c)
             z, comp = data[f"z{size}"].to(x_next.device), data[f"c{size}"].to(x_next.device)
             qc = q[rows]
-            if cfg.features == "centred":
-                mean = z.mean(dim=0, keepdim=True)
+            mean = z.mean(dim=0, keepdim=True) if cfg.features == "centred" else None
+            if mean is not None:
                 qc, z = centre(qc, mean), centre(z, mean)
             fit = squared_fit(qc, z)
             picked = torch.empty(len(rows), dtype=torch.long)
             score = torch.empty(len(rows))
+            fits, comps = torch.empty(len(rows)), torch.empty(len(rows))
             own = own_fit = own_comp = None
             if cfg.keep_own:  # the slot's own init patch (FADRM's anchor) competes as one more candidate
                 own = ctx.init_of(group.slots[rows])
                 own_at = resample(own, size)
                 z_own = ctx.features(own_at)
-                if cfg.features == "centred":
+                if mean is not None:
                     z_own = centre(z_own, mean)
                 own_fit = squared_fit(qc, z_own).diagonal()  # each slot against its own patch only
                 own_comp = complexity(ctx.info.denormalise(own_at).clamp(0, 1))
             owner = slot_partition(len(z), ipc, ctx.cfg.seed, c) if cfg.partition else None
-            if cfg.partition or cfg.keep_own:
+            if cfg.partition or cfg.keep_own or cfg.fit == "blend":
                 for i, slot in enumerate(group.slots[rows] % ipc):
                     share = (torch.from_numpy(np.flatnonzero(owner == slot)) if owner is not None
                              else torch.arange(len(z))).to(fit.device)
                     f_i, c_i = fit[i, share], comp[share]
+                    if cfg.fit == "blend":
+                        top = f_i.topk(min(cfg.prefilter or len(share), len(share)), largest=False).indices
+                        share, c_i = share[top], c_i[top]
+                        f_i = self._blend_fit(qc[i], x_next[rows[i]], ctx.pool.normalised(c, share), mean)
                     if own is not None:
-                        f_i, c_i = torch.cat([f_i, own_fit[i:i + 1]]), torch.cat([c_i, own_comp[i:i + 1].to(c_i)])
+                        o_fit = (self._blend_fit(qc[i], x_next[rows[i]], own[i:i + 1], mean) if cfg.fit == "blend"
+                                 else own_fit[i:i + 1])
+                        f_i, c_i = torch.cat([f_i, o_fit]), torch.cat([c_i, own_comp[i:i + 1].to(c_i)])
                     p, s = choose(f_i[None], c_i, cfg.lam, cfg.prefilter, False)
                     p = int(p[0])
                     picked[i], score[i] = (OWN if p == len(share) else int(share[p])), s[0].cpu()
+                    fits[i], comps[i] = float(f_i[p]), float(c_i[p])
             else:
                 p, s = choose(fit, comp, cfg.lam, cfg.prefilter, cfg.distinct)
                 picked, score = p.cpu(), s.cpu()
+                fits, comps = fit[torch.arange(len(rows)), p.to(fit.device)].cpu(), comp[p.to(comp.device)].cpu()
             retrieved = picked != OWN
             if bool(retrieved.any()):
                 out[rows[retrieved.numpy()]] = ctx.pool.normalised(c, picked[retrieved]).to(x_next.device)
@@ -99,12 +111,21 @@ class RetrievalAnchor(Anchor):
                 out[rows[(~retrieved).numpy()]] = own[~retrieved.to(own.device)].to(x_next.device)
             train_indices = ctx.pool.dataset_indices(c, picked.clamp_min(0))
             for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
-                kept = p == OWN
                 records.append({"stage": stage, "slot": int(group.slots[r]), "class": c, "pool_index": int(p),
-                                "train_index": -1 if kept else int(train_indices[i]),
-                                "fit": float(own_fit[i] if kept else fit[i, p]),
-                                "complexity": float(own_comp[i] if kept else comp[p]), "J": float(score[i])})
+                                "train_index": -1 if p == OWN else int(train_indices[i]),
+                                "fit": float(fits[i]), "complexity": float(comps[i]), "J": float(score[i])})
         return out, records
+
+    def _blend_fit(self, query: torch.Tensor, x: torch.Tensor, candidates: torch.Tensor,
+                   mean: torch.Tensor | None) -> torch.Tensor:
+        """(k,) ||q(x) - q(alpha*x + (1-alpha)*o)||^2 per candidate o: how far injecting o would move
+        the image in the fit's feature space (drc.fit=blend). A candidate that is near in features
+        but unrelated in pixels makes a two-picture ghost whose features are far from the image's."""
+        blends = mix(x.expand(len(candidates), -1, -1, -1), candidates.to(x.device), self.ctx.cfg.alpha, x.shape[-1])
+        z = self.ctx.features(blends)
+        if mean is not None:
+            z = centre(z, mean)
+        return squared_fit(query[None], z)[0]
 
 
 def drc_summary(ledger: list[dict]) -> dict:
