@@ -458,9 +458,9 @@ def test_retrieval_starts_at_first_connection(digits, digits_teacher, tmp_path):
 
 
 def test_blend_fit_measures_how_far_the_injection_moves_the_image(digits, digits_teacher, tmp_path):
-    """drc.fit=blend: injecting the image itself moves it nowhere (fit 0, the best); the recorded fit
-    of a chosen anchor is the feature distance between the image and its blend with that anchor."""
-    from reta.recover.drc import RetrievalAnchor
+    """drc.fit=blend: injecting the image itself moves it nowhere (fit 0, the best); every other
+    candidate's fit is the feature distance between the image and its blend with that candidate."""
+    from reta.recover.drc import OWN, ClassCandidates, RetrievalAnchor
     from reta.recover.loop import Recover
     from reta.retrieval.score import squared_fit
 
@@ -470,9 +470,17 @@ def test_blend_fit_measures_how_far_the_injection_moves_the_image(digits, digits
     run = Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
     anchor = run.method.anchor
     assert isinstance(anchor, RetrievalAnchor)
-    x = run.init_of(run.groups()[0][:1])
-    others = anchor.ctx.pool.normalised(0, torch.arange(3))
-    fit = anchor._blend_fit(anchor.ctx.features(x)[0], x[0], torch.cat([x, others]), None)
-    assert float(fit[0]) == pytest.approx(0.0, abs=1e-5) and bool((fit[1:] > fit[0]).all())
-    blended = 0.5 * x + 0.5 * others
-    assert torch.allclose(fit[1:], squared_fit(anchor.ctx.features(x), anchor.ctx.features(blended))[0], atol=1e-5)
+    ctx = anchor.ctx
+    x = run.init_of(run.groups()[0][:2])  # two rows: slot 0 of classes 0 and 1
+    q = ctx.features(x)
+    positions = [torch.tensor([OWN, 0, 1, 2]), torch.tensor([3, OWN])]
+    cands = [ClassCandidates(0, np.array([0]), q[:1], None, positions[:1], [torch.zeros(4)], [torch.zeros(4)], x[:1]),
+             ClassCandidates(1, np.array([1]), q[1:], None, positions[1:], [torch.zeros(2)], [torch.zeros(2)], x[1:])]
+    anchor._blend_fits(cands, x)
+    assert float(cands[0].fit[0][0]) == pytest.approx(0.0, abs=1e-5) and bool((cands[0].fit[0][1:] > 1e-4).all())
+    assert float(cands[1].fit[0][1]) == pytest.approx(0.0, abs=1e-5)
+    others = ctx.pool.normalised(0, torch.arange(3))
+    expect = squared_fit(q[:1], ctx.features(0.5 * x[:1] + 0.5 * others))[0]
+    assert torch.allclose(cands[0].fit[0][1:], expect, atol=1e-5)
+    other = ctx.pool.normalised(1, torch.tensor([3]))
+    assert float(cands[1].fit[0][0]) == pytest.approx(float(squared_fit(q[1:], ctx.features(0.5 * x[1:] + 0.5 * other))), abs=1e-5)

@@ -8,6 +8,8 @@ images (fit = ||q - z||^2 against the pool's features at D_s, complexity at D_s)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,58 +59,33 @@ class RetrievalAnchor(Anchor):
         ctx, cfg = self.ctx, self.cfg
         if stage < cfg.first_connection:  # an early connection keeps FADRM's anchor, the own init patch
             return ctx.init_of(group.slots).to(x_next.device), []
-        size, ipc = x_next.shape[-1], ctx.cfg.ipc
+        size = x_next.shape[-1]
         q = ctx.features(x_next)
         out = torch.empty(len(x_next), 3, ctx.info.image_size, ctx.info.image_size, device=x_next.device)
         records = []
-        for c in np.unique(group.classes).tolist():
-            rows = np.flatnonzero(group.classes == c)
-            data = ctx.pool.get(c)
-            z, comp = data[f"z{size}"].to(x_next.device), data[f"c{size}"].to(x_next.device)
-            qc = q[rows]
-            mean = z.mean(dim=0, keepdim=True) if cfg.features == "centred" else None
-            if mean is not None:
-                qc, z = centre(qc, mean), centre(z, mean)
-            fit = squared_fit(qc, z)
-            picked = torch.empty(len(rows), dtype=torch.long)
-            score = torch.empty(len(rows))
-            fits, comps = torch.empty(len(rows)), torch.empty(len(rows))
-            own = own_fit = own_comp = None
-            if cfg.keep_own:  # the slot's own init patch (FADRM's anchor) competes as one more candidate
-                own = ctx.init_of(group.slots[rows])
-                own_at = resample(own, size)
-                z_own = ctx.features(own_at)
-                if mean is not None:
-                    z_own = centre(z_own, mean)
-                own_fit = squared_fit(qc, z_own).diagonal()  # each slot against its own patch only
-                own_comp = complexity(ctx.info.denormalise(own_at).clamp(0, 1))
-            owner = slot_partition(len(z), ipc, ctx.cfg.seed, c) if cfg.partition else None
-            if cfg.partition or cfg.keep_own or cfg.fit == "blend":
-                for i, slot in enumerate(group.slots[rows] % ipc):
-                    share = (torch.from_numpy(np.flatnonzero(owner == slot)) if owner is not None
-                             else torch.arange(len(z))).to(fit.device)
-                    f_i, c_i = fit[i, share], comp[share]
-                    if cfg.fit == "blend":
-                        top = f_i.topk(min(cfg.prefilter or len(share), len(share)), largest=False).indices
-                        share, c_i = share[top], c_i[top]
-                        f_i = self._blend_fit(qc[i], x_next[rows[i]], ctx.pool.normalised(c, share), mean)
-                    if own is not None:
-                        o_fit = (self._blend_fit(qc[i], x_next[rows[i]], own[i:i + 1], mean) if cfg.fit == "blend"
-                                 else own_fit[i:i + 1])
-                        f_i, c_i = torch.cat([f_i, o_fit]), torch.cat([c_i, own_comp[i:i + 1].to(c_i)])
-                    p, s = choose(f_i[None], c_i, cfg.lam, cfg.prefilter, False)
+        per_row = cfg.partition or cfg.keep_own or cfg.fit == "blend"
+        classes = [self._candidates(group, c, q, size, per_row) for c in np.unique(group.classes).tolist()]
+        if cfg.fit == "blend":
+            self._blend_fits(classes, x_next)
+        for cand in classes:
+            c, rows = cand.c, cand.rows
+            if per_row:
+                picked, score = torch.empty(len(rows), dtype=torch.long), torch.empty(len(rows))
+                fits, comps = torch.empty(len(rows)), torch.empty(len(rows))
+                for i in range(len(rows)):
+                    p, s = choose(cand.fit[i][None], cand.comp[i], cfg.lam, cfg.prefilter, False)
                     p = int(p[0])
-                    picked[i], score[i] = (OWN if p == len(share) else int(share[p])), s[0].cpu()
-                    fits[i], comps[i] = float(f_i[p]), float(c_i[p])
+                    picked[i], score[i] = int(cand.positions[i][p]), s[0].cpu()
+                    fits[i], comps[i] = float(cand.fit[i][p]), float(cand.comp[i][p])
             else:
-                p, s = choose(fit, comp, cfg.lam, cfg.prefilter, cfg.distinct)
+                p, s = choose(cand.fit[0], cand.comp[0], cfg.lam, cfg.prefilter, cfg.distinct)
                 picked, score = p.cpu(), s.cpu()
-                fits, comps = fit[torch.arange(len(rows)), p.to(fit.device)].cpu(), comp[p.to(comp.device)].cpu()
+                fits, comps = cand.fit[0][torch.arange(len(rows)), p.to(cand.fit[0].device)].cpu(), cand.comp[0][p.to(cand.comp[0].device)].cpu()
             retrieved = picked != OWN
             if bool(retrieved.any()):
                 out[rows[retrieved.numpy()]] = ctx.pool.normalised(c, picked[retrieved]).to(x_next.device)
-            if own is not None and not bool(retrieved.all()):
-                out[rows[(~retrieved).numpy()]] = own[~retrieved.to(own.device)].to(x_next.device)
+            if not bool(retrieved.all()):
+                out[rows[(~retrieved).numpy()]] = cand.own[~retrieved.to(cand.own.device)].to(x_next.device)
             train_indices = ctx.pool.dataset_indices(c, picked.clamp_min(0))
             for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
                 records.append({"stage": stage, "slot": int(group.slots[r]), "class": c, "pool_index": int(p),
@@ -116,16 +93,89 @@ class RetrievalAnchor(Anchor):
                                 "fit": float(fits[i]), "complexity": float(comps[i]), "J": float(score[i])})
         return out, records
 
-    def _blend_fit(self, query: torch.Tensor, x: torch.Tensor, candidates: torch.Tensor,
-                   mean: torch.Tensor | None) -> torch.Tensor:
-        """(k,) ||q(x) - q(alpha*x + (1-alpha)*o)||^2 per candidate o: how far injecting o would move
-        the image in the fit's feature space (drc.fit=blend). A candidate that is near in features
-        but unrelated in pixels makes a two-picture ghost whose features are far from the image's."""
-        blends = mix(x.expand(len(candidates), -1, -1, -1), candidates.to(x.device), self.ctx.cfg.alpha, x.shape[-1])
-        z = self.ctx.features(blends)
+    def _candidates(self, group: Group, c: int, q: torch.Tensor, size: int, per_row: bool) -> "ClassCandidates":
+        """Class c's rows of the group with their candidates and anchor fits ||q(x) - z(o)||^2.
+
+        per_row=False: one (n,m) fit matrix against the whole pool (the paper's argmin, or the
+        distinct assignment). per_row=True: each row's own candidate list: its partition share (or
+        the pool), cut to the M best fits when drc.fit=blend re-scores them, plus its own init patch
+        (OWN) when drc.keep_own."""
+        ctx, cfg = self.ctx, self.cfg
+        rows = np.flatnonzero(group.classes == c)
+        data = ctx.pool.get(c)
+        z, comp = data[f"z{size}"].to(q.device), data[f"c{size}"].to(q.device)
+        qc = q[rows]
+        mean = z.mean(dim=0, keepdim=True) if cfg.features == "centred" else None
         if mean is not None:
-            z = centre(z, mean)
-        return squared_fit(query[None], z)[0]
+            qc, z = centre(qc, mean), centre(z, mean)
+        fit = squared_fit(qc, z)
+        if not per_row:
+            return ClassCandidates(c, rows, qc, mean, [torch.arange(len(z))], [fit], [comp])
+        own = own_fit = own_comp = None
+        if cfg.keep_own:  # the slot's own init patch (FADRM's anchor) competes as one more candidate
+            own = ctx.init_of(group.slots[rows])
+            own_at = resample(own, size)
+            z_own = ctx.features(own_at)
+            if mean is not None:
+                z_own = centre(z_own, mean)
+            own_fit = squared_fit(qc, z_own).diagonal()  # each slot against its own patch only
+            own_comp = complexity(ctx.info.denormalise(own_at).clamp(0, 1)).to(comp)
+        owner = slot_partition(len(z), ctx.cfg.ipc, ctx.cfg.seed, c) if cfg.partition else None
+        positions, fits, comps = [], [], []
+        for i, slot in enumerate(group.slots[rows] % ctx.cfg.ipc):
+            share = (torch.from_numpy(np.flatnonzero(owner == slot)) if owner is not None
+                     else torch.arange(len(z))).to(fit.device)
+            if cfg.fit == "blend":
+                share = share[fit[i, share].topk(min(cfg.prefilter or len(share), len(share)), largest=False).indices]
+            f_i, c_i = fit[i, share], comp[share]
+            if own is not None:
+                share = torch.cat([share, torch.tensor([OWN], device=share.device)])
+                f_i, c_i = torch.cat([f_i, own_fit[i:i + 1]]), torch.cat([c_i, own_comp[i:i + 1]])
+            positions.append(share.cpu())
+            fits.append(f_i)
+            comps.append(c_i)
+        return ClassCandidates(c, rows, qc, mean, positions, fits, comps, own)
+
+    def _blend_fits(self, classes: list["ClassCandidates"], x: torch.Tensor) -> None:
+        """drc.fit=blend: replace every candidate's fit by ||q(x) - q(alpha*x + (1-alpha)*o)||^2, how
+        far injecting o would move the image in the fit's feature space. A candidate near in features
+        but unrelated in pixels makes a two-picture ghost whose features are far from the image's.
+        The blends of the whole group go through the teacher in batches of drc.feature_batch."""
+        blends = []
+        for cand in classes:
+            for i, (r, pos) in enumerate(zip(cand.rows.tolist(), cand.positions)):
+                kept = pos == OWN
+                o = torch.empty(len(pos), *x.shape[1:], device=x.device)
+                if bool((~kept).any()):
+                    o[~kept] = resample(self.ctx.pool.normalised(cand.c, pos[~kept]).to(x.device), x.shape[-1])
+                if bool(kept.any()):
+                    o[kept] = resample(cand.own[i:i + 1].to(x.device), x.shape[-1])
+                blends.append(mix(x[r].expand(len(pos), -1, -1, -1), o, self.ctx.cfg.alpha, x.shape[-1]))
+        z = torch.cat([self.ctx.features(b) for b in torch.cat(blends).split(self.cfg.feature_batch)])
+        start = 0
+        for cand in classes:
+            for i in range(len(cand.rows)):
+                n = len(cand.positions[i])
+                z_i = z[start:start + n]
+                if cand.mean is not None:
+                    z_i = centre(z_i, cand.mean)
+                cand.fit[i] = squared_fit(cand.query[i:i + 1], z_i)[0]
+                start += n
+
+
+@dataclass
+class ClassCandidates:
+    """One class's rows of a group and, per row, its candidates (pool positions, OWN = own patch),
+    their fits and complexities. Without per-row lists: one entry holding the (n,m) fit matrix."""
+
+    c: int
+    rows: np.ndarray
+    query: torch.Tensor  # (n,d) the rows' features in the fit's space (centred when drc.features=centred)
+    mean: torch.Tensor | None
+    positions: list[torch.Tensor]
+    fit: list[torch.Tensor]
+    comp: list[torch.Tensor]
+    own: torch.Tensor | None = None
 
 
 def drc_summary(ledger: list[dict]) -> dict:
