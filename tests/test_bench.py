@@ -125,3 +125,20 @@ def test_committed_results_still_render(tmp_path):
             assert f"### {r['preset']} — {r['tier']} tier" in text
             for m in r["methods"]:
                 assert f"| {m['method']} |" in text
+
+
+@pytest.mark.parametrize("name", ["imagenette32-ipc10-full", "cifar10-ipc10-full"])
+def test_committed_retrieval_rows_are_still_what_this_code_computes(name):
+    """A field added later at its neutral value (strategy.NEUTRAL_LATER_FIELDS) leaves a row's key
+    alone, so the finished drc / reta / reta-paper rows are not taken for stale and rerun."""
+    from reta.bench import current_committed_rows, presets, tier_settings
+
+    committed = REPO / "benchmarks" / "results" / name
+    rows = [json.loads(p.read_text()) for p in sorted(committed.glob("*.json"))]
+    retrieval = {(r["variant"], r["synthesis_seed"], r["student"]) for r in rows
+                 if r["method"] in ("drc", "reta", "reta-paper")}
+    assert retrieval
+    preset_name = name.removesuffix("-full")
+    found = current_committed_rows(committed, [], presets()[preset_name], tier_settings("full"), "test",
+                                   rows[0]["teacher_key"])
+    assert retrieval <= {(r["variant"], r["synthesis_seed"], r["student"]) for r in found}

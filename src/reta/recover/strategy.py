@@ -173,11 +173,21 @@ class MethodSpec:
     revision: int = 0
 
 
+# Fields added after results were recorded, each with the value that gives the images of the code
+# before it (checked byte for byte when the field was added). At that value a field is left out of
+# a run's identity, so the finished sets and benchmark rows of that code stay valid.
+NEUTRAL_LATER_FIELDS = {"drc": {"fit": "anchor", "first_connection": 1}}
+
+
 def result_config(cfg: RecoverConfig) -> dict[str, Any]:
     """The config as it bears on the result: the optional sections the method does not read are
-    left out, so e.g. a new PTA field does not make FADRM's finished benchmark rows look stale."""
+    left out, so e.g. a new PTA field does not make FADRM's finished benchmark rows look stale,
+    and so are later fields at their neutral value (NEUTRAL_LATER_FIELDS)."""
     spec = METHODS.get(cfg.method)
     out = sections_read(dataclasses.asdict(cfg), spec.reads)
+    for section, neutral in NEUTRAL_LATER_FIELDS.items():
+        if section in out:
+            out[section] = {k: v for k, v in out[section].items() if k not in neutral or neutral[k] != v}
     return {**out, "method_revision": spec.revision} if spec.revision else out
 
 
