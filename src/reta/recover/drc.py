@@ -3,7 +3,10 @@ is retrieved from the class's real pool instead of being the slot's fixed init p
 
 At the connection into stage s, per synthetic image x (already resized to D_s): q = Norm(phi(x))
 at D_s, and the candidate minimising J = (1-lam)*fit + lam*complexity among the M best-fit pool
-images (fit = ||q - z||^2 against the pool's features at D_s, complexity at D_s).
+images (fit = ||q - z||^2 against the pool's features at D_s, complexity at D_s). Options beyond
+the paper's argmin: a per-slot partition of the pool, the own init patch as a candidate, a fit of
+the blend the injection would make instead of the anchor (drc.fit=blend), and retrieval from a
+later connection on (drc.first_connection); see DRCConfig.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class RetrievalAnchor(Anchor):
             else:
                 p, s = choose(cand.fit[0], cand.comp[0], cfg.lam, cfg.prefilter, cfg.distinct)
                 picked, score = p.cpu(), s.cpu()
-                fits, comps = cand.fit[0][torch.arange(len(rows)), p.to(cand.fit[0].device)].cpu(), cand.comp[0][p.to(cand.comp[0].device)].cpu()
+                fit, comp = cand.fit[0].cpu(), cand.comp[0].cpu()
+                fits, comps = fit[torch.arange(len(rows)), picked], comp[picked]
             retrieved = picked != OWN
             if bool(retrieved.any()):
                 out[rows[retrieved.numpy()]] = ctx.pool.normalised(c, picked[retrieved]).to(x_next.device)
