@@ -455,6 +455,8 @@ def test_retrieval_starts_at_first_connection(digits, digits_teacher, tmp_path):
     assert {r["stage"] for r in late["drc_selections"]} == {2, 3}
     assert late["anchor_correlation_median"][0] == pytest.approx(fadrm["anchor_correlation_median"][0], abs=1e-9)
     assert late["anchor_correlation_median"][1] != pytest.approx(fadrm["anchor_correlation_median"][1], abs=1e-6)
+    with pytest.raises(RetaError, match="first_connection=4: this run has 3 residual connections"):
+        _distill(digits, digits_teacher, tmp_path, "none", "drc", **{"drc.first_connection": 4})
 
 
 def test_blend_fit_measures_how_far_the_injection_moves_the_image(digits, digits_teacher, tmp_path):

@@ -107,7 +107,7 @@ class DRCConfig:
     keep_own: bool = False
     # fit: `anchor` is the paper's ||q(x) - z(o)||^2; `blend` re-scores the M best of those by how
     # far the injection itself moves the image, ||q(x) - q(alpha*x + (1-alpha)*o)||^2, which counts
-    # the ghost an unrelated picture makes (docs/reta.md, "DRC blends unrelated pictures").
+    # the ghost an unrelated picture makes (docs/reta.md, "What DRC injects").
     fit: Literal["anchor", "blend"] = "anchor"
     # Connections before this one (1 = the first, into stage 2) keep the own init patch, FADRM's
     # anchor, where the image is still close to it; retrieval starts at this connection.

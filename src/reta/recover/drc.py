@@ -50,6 +50,10 @@ class RetrievalAnchor(Anchor):
         if self.cfg.distinct and ctx.cfg.batch_composition != "per-class":
             raise RetaError("drc.distinct=true needs batch_composition=per-class (a class's images must be in one "
                             "group); drc.partition=true gives distinct anchors in any layout")
+        connections = len(ctx.sizes) - 1
+        if self.cfg.first_connection > connections:
+            raise RetaError(f"drc.first_connection={self.cfg.first_connection}: this run has {connections} residual "
+                            f"connections (num_stages - 1), so nothing would be retrieved; pick 1 to {connections}")
         if self.cfg.distinct and self.cfg.keep_own:
             raise RetaError("drc.distinct=true and drc.keep_own=true cannot be combined (every slot's own patch is "
                             "already distinct); drop one of them")
