@@ -150,14 +150,17 @@ class RetrievalAnchor(Anchor):
         but unrelated in pixels makes a two-picture ghost whose features are far from the image's.
         The blends of the whole group go through the teacher in batches of drc.feature_batch."""
         blends = []
+        native = self.ctx.info.image_size
         for cand in classes:
             for i, (r, pos) in enumerate(zip(cand.rows.tolist(), cand.positions)):
                 kept = pos == OWN
-                o = torch.empty(len(pos), *x.shape[1:], device=x.device)
+                # Candidates at native size, as the connection injects them: mix resizes them the
+                # way the loop does, so the blend scored is the blend that would be made.
+                o = torch.empty(len(pos), 3, native, native, device=x.device)
                 if bool((~kept).any()):
-                    o[~kept] = resample(self.ctx.pool.normalised(cand.c, pos[~kept]).to(x.device), x.shape[-1])
+                    o[~kept] = self.ctx.pool.normalised(cand.c, pos[~kept]).to(x.device)
                 if bool(kept.any()):
-                    o[kept] = resample(cand.own[i:i + 1].to(x.device), x.shape[-1])
+                    o[kept] = cand.own[i:i + 1].to(x.device)
                 blends.append(mix(x[r].expand(len(pos), -1, -1, -1), o, self.ctx.cfg.alpha, x.shape[-1]))
         z = torch.cat([self.ctx.features(b) for b in torch.cat(blends).split(self.cfg.feature_batch)])
         start = 0
