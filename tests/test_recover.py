@@ -486,3 +486,44 @@ def test_blend_fit_measures_how_far_the_injection_moves_the_image(digits, digits
     assert torch.allclose(cands[0].fit[0][1:], expect, atol=1e-5)
     other = ctx.pool.normalised(1, torch.tensor([3]))
     assert float(cands[1].fit[0][0]) == pytest.approx(float(squared_fit(q[1:], ctx.features(0.5 * x[1:] + 0.5 * other))), abs=1e-5)
+
+
+def test_pool_records_the_teacher_ce_of_each_candidate(digits, digits_teacher, tmp_path):
+    """The pool's `ce` is the teacher's cross-entropy of the true class on the candidate it serves
+    (whole image or RDED patch): RDED's realism score, what drc.confident ranks by."""
+    import torch.nn.functional as F
+
+    from reta.retrieval.pool import Pool
+
+    train, _ = digits
+    model = digits_teacher.model
+    for crops in (0, 5):
+        pool = Pool(train, model, "h", [16], 0, 0, CPU, tmp_path / f"p{crops}", patch_crops=crops)
+        pos = torch.arange(8)
+        with torch.no_grad():
+            expect = F.cross_entropy(model(pool.normalised(2, pos)), torch.full((8,), 2), reduction="none")
+        assert torch.allclose(pool.get(2)["ce"][pos], expect, atol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [{"drc.partition": True}, {"drc.partition": False, "drc.features": "raw"}])
+def test_confident_retrieval_picks_only_among_the_lowest_ce_candidates(settings, digits, digits_teacher, tmp_path):
+    """drc.confident=N: every anchor is one of its class's N candidates with the lowest teacher CE,
+    in the per-slot (partition) and the whole-pool (vectorised) retrieval alike."""
+    from reta.data.dataset import split_holdout
+    from reta.recover.loop import Recover
+
+    train, _ = digits
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "confident", "drc", **settings, **{"drc.confident": 12})
+    cfg = build(RecoverConfig, base={**preset("drc"), "ipc": 4, "iterations": 8, "batch_size": 40, "jitter": 2,
+                                     "rded_candidates": 20}, flags={**settings, "drc.confident": 12})
+    fit, _ = split_holdout(train, *digits_teacher.holdout)  # the images distill's pool is built on
+    pool = Recover(fit, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache",
+                   progress=False).method.anchor.ctx.pool
+    assert pool.dir.is_dir()  # the cached pool the distillation above built, not a new one
+    picked = {}
+    for r in manifest["drc_selections"]:
+        picked.setdefault(r["class"], set()).add(r["pool_index"])
+    for c, positions in picked.items():
+        allowed = set(torch.argsort(pool.get(c)["ce"], stable=True)[:12].tolist())
+        assert positions <= allowed, (c, positions - allowed)
+    assert len(manifest["drc_selections"]) == 3 * 40

@@ -86,9 +86,10 @@ class RetrievalAnchor(Anchor):
                     fits[i], comps[i] = float(cand.fit[i][p]), float(cand.comp[i][p])
             else:
                 p, s = choose(cand.fit[0], cand.comp[0], cfg.lam, cfg.prefilter, cfg.distinct)
-                picked, score = p.cpu(), s.cpu()
+                p, score = p.cpu(), s.cpu()
                 fit, comp = cand.fit[0].cpu(), cand.comp[0].cpu()
-                fits, comps = fit[torch.arange(len(rows)), picked], comp[picked]
+                fits, comps = fit[torch.arange(len(rows)), p], comp[p]
+                picked = cand.positions[0][p]
             retrieved = picked != OWN
             if bool(retrieved.any()):
                 out[rows[retrieved.numpy()]] = ctx.pool.normalised(c, picked[retrieved]).to(x_next.device)
@@ -111,14 +112,16 @@ class RetrievalAnchor(Anchor):
         ctx, cfg = self.ctx, self.cfg
         rows = np.flatnonzero(group.classes == c)
         data = ctx.pool.get(c)
-        z, comp = data[f"z{size}"].to(q.device), data[f"c{size}"].to(q.device)
+        z = data[f"z{size}"].to(q.device)
         qc = q[rows]
-        mean = z.mean(dim=0, keepdim=True) if cfg.features == "centred" else None
+        mean = z.mean(dim=0, keepdim=True) if cfg.features == "centred" else None  # the class's real mean
+        eligible = self._eligible(data)  # pool positions that may be retrieved
+        z, comp = z[eligible.to(z.device)], data[f"c{size}"][eligible].to(q.device)
         if mean is not None:
             qc, z = centre(qc, mean), centre(z, mean)
         fit = squared_fit(qc, z)
         if not per_row:
-            return ClassCandidates(c, rows, qc, mean, [torch.arange(len(z))], [fit], [comp])
+            return ClassCandidates(c, rows, qc, mean, [eligible], [fit], [comp])
         own = own_fit = own_comp = None
         if cfg.keep_own:  # the slot's own init patch (FADRM's anchor) competes as one more candidate
             own = ctx.init_of(group.slots[rows])
@@ -136,6 +139,7 @@ class RetrievalAnchor(Anchor):
             if cfg.fit == "blend":
                 share = share[fit[i, share].topk(min(cfg.prefilter or len(share), len(share)), largest=False).indices]
             f_i, c_i = fit[i, share], comp[share]
+            share = eligible.to(share.device)[share]
             if own is not None:
                 share = torch.cat([share, torch.tensor([OWN], device=share.device)])
                 f_i, c_i = torch.cat([f_i, own_fit[i:i + 1]]), torch.cat([c_i, own_comp[i:i + 1]])
@@ -143,6 +147,13 @@ class RetrievalAnchor(Anchor):
             fits.append(f_i)
             comps.append(c_i)
         return ClassCandidates(c, rows, qc, mean, positions, fits, comps, own)
+
+    def _eligible(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(m',) the pool positions retrieval may pick: all, or the drc.confident lowest-CE ones."""
+        everything = torch.arange(len(data["indices"]))
+        if not 0 < self.cfg.confident < len(everything):
+            return everything
+        return torch.sort(torch.argsort(data["ce"], stable=True)[:self.cfg.confident]).values
 
     def _blend_fits(self, classes: list["ClassCandidates"], x: torch.Tensor) -> None:
         """drc.fit=blend: replace every candidate's fit by ||q(x) - q(alpha*x + (1-alpha)*o)||^2, how

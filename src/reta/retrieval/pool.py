@@ -54,7 +54,7 @@ class Pool:
         # the seed is only part of the key when a per-class cap or patch crops use it.
         drawn = {"seed": seed} if per_class or patch_crops else {}
         key = io.sha256_json({"teacher": teacher_hash, "data": train.content_hash(), "sizes": self.sizes,
-                              "per_class": per_class, "version": 1, **drawn,
+                              "per_class": per_class, "version": 2, **drawn,
                               **({"patch_crops": patch_crops} if patch_crops else {})})[:20]
         self.dir = (cache_dir or default_cache_dir()) / "pools" / key
         self._loaded: dict[int, dict[str, torch.Tensor]] = {}
@@ -71,26 +71,34 @@ class Pool:
         return self.dir / f"class_{class_idx:05d}.safetensors"
 
     @torch.no_grad()
-    def _best_patches(self, x01: torch.Tensor, class_idx: int, gen: torch.Generator) -> torch.Tensor:
-        """(n,4) the lowest-CE square crop box of each image among `patch_crops` random ones (RDED)."""
+    def _best_patches(self, x01: torch.Tensor, class_idx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n,4) the lowest-CE square crop box of each image among `patch_crops` random ones (RDED), and (n,) its CE."""
         n, k = len(x01), self.patch_crops
         boxes = rrc_boxes(n * k, 0.08, gen, ratio=(1.0, 1.0))
         crops = crop_resize(self.info.standardise(x01.repeat_interleave(k, dim=0)), boxes, self.info.image_size)
-        ce = F.cross_entropy(self.model(crops).float(), torch.full((n * k,), class_idx, device=self.dev), reduction="none")
-        best = ce.view(n, k).argmin(dim=1).cpu()
-        return boxes.view(n, k, 4)[torch.arange(n), best]
+        ce = self._ce(crops, class_idx).view(n, k)
+        best = ce.argmin(dim=1).cpu()
+        return boxes.view(n, k, 4)[torch.arange(n), best], ce.min(dim=1).values.cpu()
+
+    def _ce(self, x_normalised: torch.Tensor, class_idx: int) -> torch.Tensor:
+        """The teacher's cross-entropy of the true class: RDED's realism score (lower = more typical)."""
+        target = torch.full((len(x_normalised),), class_idx, device=self.dev)
+        return F.cross_entropy(self.model(x_normalised).float(), target, reduction="none")
 
     def _build(self, class_idx: int) -> None:
         idx = self.members(class_idx)
         out: dict[str, list[torch.Tensor]] = {f"z{s}": [] for s in self.sizes} | {f"c{s}": [] for s in self.sizes}
-        out["boxes"] = []
+        out["boxes"], out["ce"] = [], []
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "pool-patches", class_idx))
         for start in range(0, len(idx), self.feature_batch):
             x01 = self.train.load(idx[start:start + self.feature_batch]).to(self.dev).float() / 255.0
             if self.patch_crops:
-                boxes = self._best_patches(x01, class_idx, gen)
+                boxes, ce = self._best_patches(x01, class_idx, gen)
                 out["boxes"].append(boxes)
                 x01 = crop_resize(x01, boxes, self.info.image_size).clamp(0, 1)
+            else:
+                ce = self._ce(self.info.standardise(x01), class_idx).cpu()
+            out["ce"].append(ce)
             for s in self.sizes:
                 xs = resample(x01, s)
                 out[f"c{s}"].append(complexity(xs).cpu())
@@ -100,7 +108,8 @@ class Pool:
             save_file(tensors, str(tmp))
 
     def get(self, class_idx: int) -> dict[str, torch.Tensor]:
-        """{'indices', 'z<size>' (m,F) float32, 'c<size>' (m,)} for one class, building the cache if needed."""
+        """{'indices', 'ce' (m,) the teacher's CE at native size, 'z<size>' (m,F) float32, 'c<size>' (m,)}
+        for one class, building the cache if needed."""
         if class_idx not in self._loaded:
             path = self._path(class_idx)
             if not path.is_file():
