@@ -526,4 +526,8 @@ def test_confident_retrieval_picks_only_among_the_lowest_ce_candidates(settings,
     for c, positions in picked.items():
         allowed = set(torch.argsort(pool.get(c)["ce"], stable=True)[:12].tolist())
         assert positions <= allowed, (c, positions - allowed)
+        for r in manifest["drc_selections"]:
+            if r["class"] == c:
+                assert r["ce"] == pytest.approx(float(pool.get(c)["ce"][r["pool_index"]]))
     assert len(manifest["drc_selections"]) == 3 * 40
+    assert len(manifest["anchor_ce_median"]) == 3

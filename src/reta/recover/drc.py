@@ -96,10 +96,12 @@ class RetrievalAnchor(Anchor):
             if not bool(retrieved.all()):
                 out[rows[(~retrieved).numpy()]] = cand.own[~retrieved.to(cand.own.device)].to(x_next.device)
             train_indices = ctx.pool.dataset_indices(c, picked.clamp_min(0))
+            ce = ctx.pool.get(c)["ce"][picked.clamp_min(0)]
             for i, (r, p) in enumerate(zip(rows.tolist(), picked.tolist())):
                 records.append({"stage": stage, "slot": int(group.slots[r]), "class": c, "pool_index": int(p),
                                 "train_index": -1 if p == OWN else int(train_indices[i]),
-                                "fit": float(fits[i]), "complexity": float(comps[i]), "J": float(score[i])})
+                                "fit": float(fits[i]), "complexity": float(comps[i]), "J": float(score[i]),
+                                "ce": None if p == OWN else float(ce[i])})
         return out, records
 
     def _candidates(self, group: Group, c: int, q: torch.Tensor, size: int, per_row: bool) -> "ClassCandidates":
@@ -209,8 +211,15 @@ def drc_summary(ledger: list[dict]) -> dict:
             by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
     shared = [shared_anchor_fraction(np.array(v)) for v in by_key.values()]
     kept = [r["pool_index"] == OWN for r in selections]
+    # How typical the retrieved anchors are to the teacher (RDED's realism score, per connection):
+    # under PTA they drift to the pool's median, where FADRM's own patches are RDED's most confident.
+    ce_by_stage: dict[int, list[float]] = {}
+    for r in selections:
+        if r.get("ce") is not None:
+            ce_by_stage.setdefault(r["stage"], []).append(r["ce"])
     return {"drc_selections": selections, "shared_anchor_fraction": float(np.mean(shared)) if shared else (0.0 if selections else None),
-            "own_anchor_fraction": float(np.mean(kept)) if kept else None}
+            "own_anchor_fraction": float(np.mean(kept)) if kept else None,
+            "anchor_ce_median": [float(np.median(ce_by_stage[s])) for s in sorted(ce_by_stage)] or None}
 
 
 def with_retrieval(ctx: Context, method: Method) -> Method:
