@@ -490,7 +490,7 @@ def test_blend_fit_measures_how_far_the_injection_moves_the_image(digits, digits
 
 def test_pool_records_the_teacher_ce_of_each_candidate(digits, digits_teacher, tmp_path):
     """The pool's `ce` is the teacher's cross-entropy of the true class on the candidate it serves
-    (whole image or RDED patch): RDED's realism score, what drc.confident ranks by."""
+    (whole image or RDED patch): RDED's realism score, what drc.confident_per_slot ranks by."""
     import torch.nn.functional as F
 
     from reta.retrieval.pool import Pool
@@ -507,15 +507,15 @@ def test_pool_records_the_teacher_ce_of_each_candidate(digits, digits_teacher, t
 
 @pytest.mark.parametrize("settings", [{"drc.partition": True}, {"drc.partition": False, "drc.features": "raw"}])
 def test_confident_retrieval_picks_only_among_the_lowest_ce_candidates(settings, digits, digits_teacher, tmp_path):
-    """drc.confident=N: every anchor is one of its class's N candidates with the lowest teacher CE,
-    in the per-slot (partition) and the whole-pool (vectorised) retrieval alike."""
+    """drc.confident_per_slot=3 at ipc 4: every anchor is one of its class's 12 candidates with the
+    lowest teacher CE, in the per-slot (partition) and the whole-pool (vectorised) retrieval alike."""
     from reta.data.dataset import split_holdout
     from reta.recover.loop import Recover
 
     train, _ = digits
-    _, manifest = _distill(digits, digits_teacher, tmp_path, "confident", "drc", **settings, **{"drc.confident": 12})
+    _, manifest = _distill(digits, digits_teacher, tmp_path, "confident", "drc", **settings, **{"drc.confident_per_slot": 3})
     cfg = build(RecoverConfig, base={**preset("drc"), "ipc": 4, "iterations": 8, "batch_size": 40, "jitter": 2,
-                                     "rded_candidates": 20}, flags={**settings, "drc.confident": 12})
+                                     "rded_candidates": 20}, flags={**settings, "drc.confident_per_slot": 3})
     fit, _ = split_holdout(train, *digits_teacher.holdout)  # the images distill's pool is built on
     pool = Recover(fit, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache",
                    progress=False).method.anchor.ctx.pool

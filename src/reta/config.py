@@ -112,15 +112,16 @@ class DRCConfig:
     # Connections before this one (1 = the first, into stage 2) keep the own init patch, FADRM's
     # anchor, where the image is still close to it; retrieval starts at this connection.
     first_connection: int = 1
-    # confident: only the class's N pool candidates the teacher is most sure of (lowest CE of the
-    # true class, RDED's realism score) can be retrieved; 0 = the whole pool. FADRM's anchors are
-    # RDED's top ipc of rded_candidates images, so this keeps DRC's anchors as typical as FADRM's.
-    confident: int = 0
+    # confident_per_slot = k: only the class's k*ipc pool candidates the teacher is surest of (lowest
+    # CE of the true class, RDED's realism score) can be retrieved, k per slot under the partition;
+    # 0 = the whole pool. FADRM's anchors are RDED's top ipc of rded_candidates images; without this,
+    # under PTA DRC's anchors drift to the pool's median typicality (docs/reta.md).
+    confident_per_slot: int = 0
     feature_batch: int = 256  # pool images per teacher forward while building the cache
 
     def __post_init__(self):
         _fraction(self.lam, "lam")
-        _non_negative(self, "prefilter", "pool_per_class", "confident")
+        _non_negative(self, "prefilter", "pool_per_class", "confident_per_slot")
         _positive(self, "feature_batch")
         _enum(self, "features")
         _enum(self, "pool")
