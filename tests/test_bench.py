@@ -87,6 +87,10 @@ def test_bench_writes_under_out_only_and_resumes_across_machines(tiny_bench, tmp
     assert published["rows_from_earlier_runs"] == ["random"]
     key = lambda ms: {(m["method"], m["student"]): m for m in ms}  # noqa: E731
     assert key(published["methods"]) == key(result["methods"])
+    # One synthesis seed published over rows of two: the header names both.
+    run_bench("digits-ipc2", "quick", out, publish=True, **{**kwargs, "methods": ["fadrm"], "synthesis_seeds": 1})
+    published = json.loads((tiny_bench / "benchmarks" / "results" / "digits-ipc2-quick.json").read_text())
+    assert published["synthesis_seeds"] == [0, 1] and key(published["methods"]) == key(result["methods"])
 
 
 def _row(variant, seed, student, finals, hard=None):

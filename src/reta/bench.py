@@ -205,8 +205,10 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         results_dir = Path.cwd() / "benchmarks" / "results"
         earlier = current_committed_rows(committed, rows, spec, settings, split, key)
         if earlier:  # the published table keeps every variant whose committed rows the current code would reproduce
+            # The header names the synthesis seeds of every row shown, not only this invocation's.
             result = {**result, "methods": aggregate(rows + earlier, float(teacher.meta["test_top1"])),
-                      "rows_from_earlier_runs": sorted({r["variant"] for r in earlier})}
+                      "rows_from_earlier_runs": sorted({r["variant"] for r in earlier}),
+                      "synthesis_seeds": sorted({r["synthesis_seed"] for r in rows + earlier})}
         io.write_json(results_dir / f"{name}.json", result)
         write_benchmarks_md(results_dir, Path.cwd() / "BENCHMARKS.md")
         print(f"[bench] published {results_dir / f'{name}.json'} and {len(rows)} rows; BENCHMARKS.md regenerated",
