@@ -86,10 +86,9 @@ class RetrievalAnchor(Anchor):
                     fits[i], comps[i] = float(cand.fit[i][p]), float(cand.comp[i][p])
             else:
                 p, s = choose(cand.fit[0], cand.comp[0], cfg.lam, cfg.prefilter, cfg.distinct)
-                p, score = p.cpu(), s.cpu()
-                fit, comp = cand.fit[0].cpu(), cand.comp[0].cpu()
-                fits, comps = fit[torch.arange(len(rows)), p], comp[p]
-                picked = cand.positions[0][p]
+                picked, score = cand.positions[0][p.cpu()], s.cpu()
+                p = p.to(cand.fit[0].device)  # gather on the device: only the picked fits cross to the host
+                fits, comps = cand.fit[0][torch.arange(len(rows)), p].cpu(), cand.comp[0][p].cpu()
             retrieved = picked != OWN
             if bool(retrieved.any()):
                 out[rows[retrieved.numpy()]] = ctx.pool.normalised(c, picked[retrieved]).to(x_next.device)
@@ -134,6 +133,7 @@ class RetrievalAnchor(Anchor):
             own_fit = squared_fit(qc, z_own).diagonal()  # each slot against its own patch only
             own_comp = complexity(ctx.info.denormalise(own_at).clamp(0, 1)).to(comp)
         owner = slot_partition(len(z), ctx.cfg.ipc, ctx.cfg.seed, c) if cfg.partition else None
+        eligible = eligible.to(fit.device)
         positions, fits, comps = [], [], []
         for i, slot in enumerate(group.slots[rows] % ctx.cfg.ipc):
             share = (torch.from_numpy(np.flatnonzero(owner == slot)) if owner is not None
@@ -141,7 +141,7 @@ class RetrievalAnchor(Anchor):
             if cfg.fit == "blend":
                 share = share[fit[i, share].topk(min(cfg.prefilter or len(share), len(share)), largest=False).indices]
             f_i, c_i = fit[i, share], comp[share]
-            share = eligible.to(share.device)[share]
+            share = eligible[share]
             if own is not None:
                 share = torch.cat([share, torch.tensor([OWN], device=share.device)])
                 f_i, c_i = torch.cat([f_i, own_fit[i:i + 1]]), torch.cat([c_i, own_comp[i:i + 1]])
@@ -207,17 +207,16 @@ def drc_summary(ledger: list[dict]) -> dict:
     """Every selection, and how often images of a class share an anchor at one connection."""
     selections = [r for entry in ledger for r in entry.get("drc") or []]
     by_key: dict[tuple[int, int], list[int]] = {}
-    for r in selections:
-        if r["pool_index"] != OWN:  # a kept own patch is every slot's own: never shared
-            by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
-    shared = [shared_anchor_fraction(np.array(v)) for v in by_key.values()]
-    kept = [r["pool_index"] == OWN for r in selections]
     # How typical the retrieved anchors are to the teacher (RDED's realism score, per connection):
     # under PTA they drift to the pool's median, where FADRM's own patches are RDED's most confident.
     ce_by_stage: dict[int, list[float]] = {}
     for r in selections:
-        if r.get("ce") is not None:
+        if r["pool_index"] != OWN:  # a kept own patch is every slot's own: never shared
+            by_key.setdefault((r["stage"], r["class"]), []).append(r["pool_index"])
+        if r.get("ce") is not None:  # records written before the pool kept CEs have none
             ce_by_stage.setdefault(r["stage"], []).append(r["ce"])
+    shared = [shared_anchor_fraction(np.array(v)) for v in by_key.values()]
+    kept = [r["pool_index"] == OWN for r in selections]
     return {"drc_selections": selections, "shared_anchor_fraction": float(np.mean(shared)) if shared else (0.0 if selections else None),
             "own_anchor_fraction": float(np.mean(kept)) if kept else None,
             "anchor_ce_median": [float(np.median(ce_by_stage[s])) for s in sorted(ce_by_stage)] or None}

@@ -76,15 +76,15 @@ class Pool:
         n, k = len(x01), self.patch_crops
         boxes = rrc_boxes(n * k, 0.08, gen, ratio=(1.0, 1.0))
         crops = crop_resize(self.info.standardise(x01.repeat_interleave(k, dim=0)), boxes, self.info.image_size)
-        ce = self._ce(crops, class_idx).view(n, k)
-        best = ce.argmin(dim=1).cpu()
-        return boxes.view(n, k, 4)[torch.arange(n), best], ce.min(dim=1).values.cpu()
+        best_ce, best = self._ce(self.model(crops), class_idx).view(n, k).min(dim=1)
+        return boxes.view(n, k, 4)[torch.arange(n), best.cpu()], best_ce.cpu()
 
-    def _ce(self, x_normalised: torch.Tensor, class_idx: int) -> torch.Tensor:
+    def _ce(self, logits: torch.Tensor, class_idx: int) -> torch.Tensor:
         """The teacher's cross-entropy of the true class: RDED's realism score (lower = more typical)."""
-        target = torch.full((len(x_normalised),), class_idx, device=self.dev)
-        return F.cross_entropy(self.model(x_normalised).float(), target, reduction="none")
+        target = torch.full((len(logits),), class_idx, device=self.dev)
+        return F.cross_entropy(logits.float(), target, reduction="none")
 
+    @torch.no_grad()
     def _build(self, class_idx: int) -> None:
         idx = self.members(class_idx)
         out: dict[str, list[torch.Tensor]] = {f"z{s}": [] for s in self.sizes} | {f"c{s}": [] for s in self.sizes}
@@ -97,12 +97,17 @@ class Pool:
                 out["boxes"].append(boxes)
                 x01 = crop_resize(x01, boxes, self.info.image_size).clamp(0, 1)
             else:
-                ce = self._ce(self.info.standardise(x01), class_idx).cpu()
-            out["ce"].append(ce)
+                ce = None
             for s in self.sizes:
                 xs = resample(x01, s)
                 out[f"c{s}"].append(complexity(xs).cpu())
-                out[f"z{s}"].append(normalised_features(self.model, self.info.standardise(xs)).half().cpu())
+                raw = self.model.features(self.info.standardise(xs)).float()
+                out[f"z{s}"].append(F.normalize(raw, dim=1).half().cpu())
+                if ce is None and s == self.info.image_size:  # a whole image's CE from this same pass
+                    ce = self._ce(self.model.head(raw), class_idx)
+            if ce is None:  # native size not among the pool's sizes
+                ce = self._ce(self.model(self.info.standardise(x01)), class_idx)
+            out["ce"].append(ce.cpu())
         tensors = {k: torch.cat(v) for k, v in out.items() if v} | {"indices": torch.from_numpy(idx)}
         with io.atomic_path(self._path(class_idx)) as tmp:
             save_file(tensors, str(tmp))
