@@ -45,10 +45,12 @@ def test_normalised_loss_of_a_real_subset_is_about_one_at_any_grid_and_cloud_siz
     """What makes lambda_topo scale-free: divided by its baseline, a fresh real subset scores ~1,
     whatever the grid and cloud size, while the raw values differ by orders of magnitude."""
     kappa = class_cutoff(real_features)
-    ref = build_reference(real_features, n, 30, 10, kappa, torch.Generator().manual_seed(0), distance, grid, "drop")
+    ref = build_reference(real_features, n, 60, 10, kappa, torch.Generator().manual_seed(0), distance, grid, "drop")
     raw = [float(signature_distance(signature(s, kappa, 10, distance, grid, "drop"), ref.signature))
-           for s in _fresh_subsets(real_features, n, 40, seed=1)]
-    # The baseline is itself a mean over 30 subsets of a skewed distribution: ~30% sampling error.
+           for s in _fresh_subsets(real_features, n, 80, seed=1)]
+    # Both sides are means of a skewed distribution: with 30 reference and 40 fresh subsets the
+    # ratio reached 1.73 on one machine's teacher (image, G = 16, n = 30); with 60 and 80, at most
+    # 1.24 over reference seeds there.
     assert 0.6 < np.mean(raw) / ref.baseline < 1.6
     assert ref.baseline > 0
 
