@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reta.topology import build_reference, class_cutoff, signature, signature_distance, sorted_bars
+from reta.topology import build_reference, class_cutoff, class_loss, signature, signature_distance, sorted_bars
 
 
 def test_sorted_bars_of_three_points_on_a_line():
@@ -101,3 +101,32 @@ def test_topology_loss_alone_descends_and_its_optimum_stays_realistic(real_featu
     assert values[-1] < 0.3 * values[0]
     real_min = np.median([_min_merge(s, kappa) for s in _fresh_subsets(real_features, 10, 20, seed=4)])
     assert _min_merge(z, kappa) > 0.5 * real_min
+
+
+def test_class_loss_hinges_at_the_margin_then_normalises():
+    d = torch.tensor([0.5, 2.0, 5.0], requires_grad=True)
+    loss = class_loss(d, baseline=2.0, margin=1.5)
+    assert torch.allclose(loss, torch.tensor([0.0, 0.0, 1.0]))
+    loss.sum().backward()
+    assert torch.equal(d.grad, torch.tensor([0.0, 0.0, 0.5]))  # no push below margin * baseline
+    assert torch.equal(class_loss(d.detach(), 2.0, 0.0, normalise=False), d.detach())
+
+
+def test_margin_of_one_spread_leaves_typical_real_subsets_alone_and_still_pulls_a_collapsed_cloud(real_features):
+    """With the hinge at one real spread, a real subset as well aligned as a typical one gets no
+    topology gradient at all (about half of them), while a collapsed cloud keeps a loss and a gradient."""
+    kappa = class_cutoff(real_features)
+    ref = build_reference(real_features, 10, 40, 10, kappa, torch.Generator().manual_seed(0), "sorted", infinite="drop")
+
+    def hinged(z):
+        return class_loss(signature_distance(signature(z, kappa, 10, "sorted", infinite="drop"), ref.signature),
+                          ref.baseline, margin=1.0)
+
+    real = [float(hinged(s)) for s in _fresh_subsets(real_features, 10, 40, seed=5)]
+    untouched = np.mean([v == 0.0 for v in real])
+    assert 0.3 < untouched < 0.95
+    start = _fresh_subsets(real_features, 10, 1, seed=3)[0]
+    collapsed = F.normalize(start + 2.0 * start.mean(dim=0, keepdim=True), dim=1).requires_grad_(True)
+    loss = hinged(collapsed)
+    loss.backward()
+    assert loss.item() > 1.0 and collapsed.grad.norm() > 0

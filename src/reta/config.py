@@ -142,6 +142,10 @@ class PTAConfig:
     # Divide each class's loss by its real-vs-reference value (the expected loss of a real subset
     # of the cloud's size), so lambda_topo means the same at any resolution, grid or cloud size.
     normalise: bool = False
+    # Hinge at the real data's own spread: each class's loss is max(0, L - margin*baseline), with
+    # baseline the expected loss of a real subset. A cloud as well aligned as typical real data
+    # then gets no topology gradient at all, and CE + BN matching keeps its full share; 0 = off.
+    margin: float = 0.0
     grid: int = 32  # persistence image G x G; sigma = 1/G
     gamma: float = 1.0  # weight of the H1 term
     reference_subsets: int = 20  # Q random real subsets averaged into the reference
@@ -156,7 +160,7 @@ class PTAConfig:
     min_points: int = 4  # H1 needs >= 4 points; PTA is off for smaller clouds
 
     def __post_init__(self):
-        _non_negative(self, "weight", "gamma")
+        _non_negative(self, "weight", "gamma", "margin")
         _positive(self, "k", "grid", "reference_subsets", "every")
         _check(self.min_points >= 2, "min_points", self.min_points, "must be at least 2")
         for name in ("distance", "infinite_bars", "class_reduction", "cloud"):

@@ -268,6 +268,15 @@ def signature_distance(sig: tuple[Tensor, Tensor], ref: tuple[Tensor, Tensor], g
     return (sig[0] - ref[0].to(sig[0])).square().sum() + gamma * (h1 - r1).square().sum()
 
 
+def class_loss(distance: Tensor, baseline: float, margin: float = 0.0, normalise: bool = True) -> Tensor:
+    """A class's topology loss from its signature distance: hinged at `margin` real spreads
+    (max(0, d - margin*baseline)), so a cloud as close to the real barycentre as a typical real
+    subset is not pushed further, then divided by the baseline if `normalise`."""
+    if margin:
+        distance = F.relu(distance - margin * baseline)
+    return distance / baseline if normalise else distance
+
+
 @dataclass(frozen=True)
 class Reference:
     """A class's real topology for clouds of `n` points: mean signature and a real subset's expected distance."""

@@ -83,10 +83,10 @@ class TopologyTerm(Term):
             if others:  # a live cloud holds every slot; only a capped class block reads initial states
                 cloud = torch.cat([cloud, self.slot_features(c, size)[others].to(cloud)])
             ref = self.reference(c, size)
-            term = topology.signature_distance(
+            distance = topology.signature_distance(
                 topology.signature(cloud, ref.kappa, cfg.k, cfg.distance, cfg.grid, cfg.infinite_bars),
                 ref.signature, cfg.gamma)
-            total = total + (term / ref.baseline if cfg.normalise else term)
+            total = total + topology.class_loss(distance, ref.baseline, cfg.margin, cfg.normalise)
         if cfg.class_reduction == "mean" and present:
             total = total / len(present)
         return total
