@@ -146,3 +146,23 @@ def test_committed_retrieval_rows_are_still_what_this_code_computes(name):
     found = current_committed_rows(committed, [], presets()[preset_name], tier_settings("full"), "test",
                                    rows[0]["teacher_key"])
     assert retrieval <= {(r["variant"], r["synthesis_seed"], r["student"]) for r in found}
+
+
+def test_a_row_from_other_teacher_weights_is_not_reused(tmp_path):
+    """One teacher recipe trained on another CPU gives other weights; its rows must be recomputed,
+    not mixed into this teacher's table. Rows from before rows named their teacher's weights are
+    reused only if their table's teacher scored what this one scores."""
+    from reta.bench import _finished_row, _legacy_rows_top1, same_teacher
+
+    row = tmp_path / "row.json"
+    row.write_text(json.dumps({"key": "k", "teacher_sha256": "aaa"}))
+    assert _finished_row([row], "k", "aaa", legacy_ok=False) is not None
+    assert _finished_row([row], "k", "bbb", legacy_ok=True) is None
+    assert same_teacher({"key": "k"}, "bbb", legacy_ok=True) and not same_teacher({"key": "k"}, "bbb", legacy_ok=False)
+
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"teacher": {"test_top1": 0.75}}))  # a table from before weights were recorded
+    assert _legacy_rows_top1([tmp_path / "missing.json", table]) == 0.75
+    table.write_text(json.dumps({"teacher": {"test_top1": 0.749, "weights_sha256": "bbb", "legacy_rows_top1": 0.75}}))
+    assert _legacy_rows_top1([table]) == 0.75  # republished by another teacher: the old rows keep their fingerprint
+    assert _legacy_rows_top1([tmp_path / "missing.json"]) is None

@@ -12,7 +12,10 @@ Everything is written under --out: a row JSON per (variant, synthesis seed, stud
 OUT/rows/ as soon as it is finished, the aggregated OUT/<preset>-<tier>.json and OUT/report.md.
 A rerun reuses finished rows from OUT/rows/ and from ./benchmarks/results/<preset>-<tier>/
 (committed rows, so a bench interrupted on one machine resumes on another) when their inputs
-match. `--publish` also writes every row into ./benchmarks/results/<preset>-<tier>/ as soon as
+match and they were made with the same teacher weights: the teacher is keyed by data and recipe,
+but one recipe trained on another CPU gives other weights (cifar10: 75.00 % on an AMD EPYC,
+74.9 % on an Intel Xeon), and a table must not mix teachers. To resume elsewhere, copy the
+teacher's folder under $RETA_CACHE/teachers/ along with the rows. `--publish` also writes every row into ./benchmarks/results/<preset>-<tier>/ as soon as
 it is finished, and at the end the results JSON into ./benchmarks/results/, and regenerates the
 generated block of ./BENCHMARKS.md.
 
@@ -95,15 +98,26 @@ def protocol(settings: dict, student: str, labels: str) -> EvalProtocol:
     return build(EvalProtocol, base={**settings["protocol"], "student": student, "labels": labels})
 
 
+def same_teacher(row: dict, teacher_sha: str | None, legacy_ok: bool) -> bool:
+    """Whether a finished row was made with these teacher weights. Rows from before rows recorded
+    them (no `teacher_sha256`) count as such only when `legacy_ok`: their table's teacher scored
+    what this one scores. teacher_sha=None skips the check."""
+    if teacher_sha is None:
+        return True
+    return row["teacher_sha256"] == teacher_sha if "teacher_sha256" in row else legacy_ok
+
+
 def current_committed_rows(committed: Path, rows: list[dict], spec: dict, settings: dict, split: str,
-                           teacher_key: str) -> list[dict]:
-    """Committed rows of other variants, seeds or students that the current code and settings would
-    reproduce (their key is what this code computes for them); stale ones are left out."""
+                           teacher_key: str, teacher_sha: str | None = None, legacy_ok: bool = False) -> list[dict]:
+    """Committed rows of other variants, seeds or students that the current code, settings and
+    teacher would reproduce (their key is what this code computes for them); stale ones are left out."""
     have = {(r["variant"], r["synthesis_seed"], r["student"]) for r in rows}
     found = []
     for path in sorted(committed.glob("*.json")) if committed.is_dir() else []:
         row = io.read_json(path)
         if (row.get("variant"), row.get("synthesis_seed"), row.get("student")) in have or "key" not in row:
+            continue
+        if not same_teacher(row, teacher_sha, legacy_ok):
             continue
         try:
             cfg = variant_config(row["variant"], spec, settings, row["synthesis_seed"])
@@ -152,6 +166,8 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         pipeline.check_recover(train, teacher.holdout, cfg)
     scored_on = pipeline.score_split(train, test, teacher, split)
     key = pipeline.teacher_key(train, recipe)
+    legacy_top1 = _legacy_rows_top1([Path.cwd() / "benchmarks" / "results" / f"{name}.json", out / f"{name}.json"])
+    legacy_ok = legacy_top1 == teacher.meta["test_top1"]
     # What the finished sets under OUT were made with; the variants, seeds and students are not in it,
     # because each set has its own folder and each row its own key, so a rerun may add some.
     record = {"preset": spec, "tier": tier, "settings": settings, "split": split, "teacher_key": key}
@@ -171,7 +187,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
             identity = row_identity(label, seed, student, split, key, cfg, soft[student], hard if i == 0 else None)
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, student)
-            row = _finished_row([out / "rows" / fname, committed / fname], row_key)
+            row = _finished_row([out / "rows" / fname, committed / fname], row_key, teacher.weights_hash, legacy_ok)
             if row is None:
                 if loaded is None:
                     loaded = pipeline.distilled(train, [teacher], cfg, run_dir / "distilled", dev, progress)
@@ -190,7 +206,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     result = {
         "format": FORMAT, "preset": preset_name, "tier": tier, "split": split, "data": spec["data"], "ipc": spec["ipc"],
         "teacher": {"arch": teacher.arch, "test_top1": teacher.meta["test_top1"], "recipe": teacher.meta["recipe"],
-                    "key": key},
+                    "key": key, "weights_sha256": teacher.weights_hash, "legacy_rows_top1": legacy_top1},
         "recover": settings["recover"], "protocol_soft": dataclasses.asdict(first),
         "protocol_hard": dataclasses.asdict(hard) if hard else None, "students": students,
         "synthesis_seeds": list(range(synthesis_seeds)), "student_seeds": list(range(first.seeds)),
@@ -203,7 +219,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     print("\n" + results_table(table_rows(result)), flush=True)
     if publish:
         results_dir = Path.cwd() / "benchmarks" / "results"
-        earlier = current_committed_rows(committed, rows, spec, settings, split, key)
+        earlier = current_committed_rows(committed, rows, spec, settings, split, key, teacher.weights_hash, legacy_ok)
         if earlier:  # the published table keeps every variant whose committed rows the current code would reproduce
             # The header names the synthesis seeds of every row shown, not only this invocation's.
             result = {**result, "methods": aggregate(rows + earlier, float(teacher.meta["test_top1"])),
@@ -217,12 +233,23 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     return result
 
 
-def _finished_row(paths: list[Path], row_key: str) -> dict | None:
+def _finished_row(paths: list[Path], row_key: str, teacher_sha: str, legacy_ok: bool) -> dict | None:
     for path in paths:
         if path.is_file():
             row = io.read_json(path)
-            if row.get("key") == row_key:
+            if row.get("key") == row_key and same_teacher(row, teacher_sha, legacy_ok):
                 return row
+    return None
+
+
+def _legacy_rows_top1(results: list[Path]) -> float | None:
+    """The test top-1 of the teacher that made a table's rows without `teacher_sha256` (the only
+    fingerprint of its weights recorded then): the table's teacher before tables named weights,
+    carried forward as `legacy_rows_top1` after."""
+    for path in results:
+        if path.is_file():
+            recorded = io.read_json(path).get("teacher", {})
+            return recorded.get("legacy_rows_top1") if "weights_sha256" in recorded else recorded.get("test_top1")
     return None
 
 
@@ -239,7 +266,7 @@ def _score_row(identity: dict, row_key: str, loaded, scored_on, protocol: EvalPr
     timings = manifest.get("timings", {})
     # Per-refresh PTA gradient fidelity and per-group gradient ratios, kept as the manifest wrote them.
     diagnostics = {k: v for k, v in manifest.items() if "cosine" in k or "grad_ratio" in k}
-    return {**identity, "key": row_key, "soft": soft, "hard": hard_res,
+    return {**identity, "key": row_key, "teacher_sha256": teacher.weights_hash, "soft": soft, "hard": hard_res,
             "distill_seconds": timings.get("wall_seconds"), "recover_seconds": timings.get("group_seconds"),
             "seconds_per_image": timings.get("seconds_per_image"),
             "recover_peak_memory_mb": manifest.get("peak_memory_mb"), "drc_share": manifest.get("drc_share"),
