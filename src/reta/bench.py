@@ -15,9 +15,9 @@ A rerun reuses finished rows from OUT/rows/ and from ./benchmarks/results/<prese
 match and they were made with the same teacher weights: the teacher is keyed by data and recipe,
 but one recipe trained on another CPU gives other weights (cifar10: 75.00 % on an AMD EPYC,
 74.9 % on an Intel Xeon), and a table must not mix teachers. To resume elsewhere, copy the
-teacher's folder under $RETA_CACHE/teachers/ along with the rows. `--publish` also writes every row into ./benchmarks/results/<preset>-<tier>/ as soon as
-it is finished, and at the end the results JSON into ./benchmarks/results/, and regenerates the
-generated block of ./BENCHMARKS.md.
+teacher's folder under $RETA_CACHE/teachers/ along with the rows. `--publish` also writes every
+row into ./benchmarks/results/<preset>-<tier>/ as soon as it is finished, and at the end the
+results JSON into ./benchmarks/results/, and regenerates the generated block of ./BENCHMARKS.md.
 
 OUT is claimed (reta.outdir, kind "bench") after every check: a rerun with the same preset, tier
 settings and split continues it (also one written before markers existed), other settings are
@@ -98,17 +98,15 @@ def protocol(settings: dict, student: str, labels: str) -> EvalProtocol:
     return build(EvalProtocol, base={**settings["protocol"], "student": student, "labels": labels})
 
 
-def same_teacher(row: dict, teacher_sha: str | None, legacy_ok: bool) -> bool:
+def same_teacher(row: dict, teacher_sha: str, legacy_ok: bool) -> bool:
     """Whether a finished row was made with these teacher weights. Rows from before rows recorded
     them (no `teacher_sha256`) count as such only when `legacy_ok`: their table's teacher scored
-    what this one scores. teacher_sha=None skips the check."""
-    if teacher_sha is None:
-        return True
+    what this one scores."""
     return row["teacher_sha256"] == teacher_sha if "teacher_sha256" in row else legacy_ok
 
 
 def current_committed_rows(committed: Path, rows: list[dict], spec: dict, settings: dict, split: str,
-                           teacher_key: str, teacher_sha: str | None = None, legacy_ok: bool = False) -> list[dict]:
+                           teacher_key: str, teacher_sha: str, legacy_ok: bool) -> list[dict]:
     """Committed rows of other variants, seeds or students that the current code, settings and
     teacher would reproduce (their key is what this code computes for them); stale ones are left out."""
     have = {(r["variant"], r["synthesis_seed"], r["student"]) for r in rows}
