@@ -152,6 +152,9 @@ class PTAConfig:
     # T: the term (exact gradient, one extra clean pass) is evaluated on every T-th step of a
     # stage with weight T*lambda, and is off in between: extra passes cost 1/T of the steps.
     every: int = 1
+    # The term acts in stages 1..until_stage only; 0 = every stage. Off in the last stage, the
+    # final steps are CE + BN matching alone, which repair the BN statistics PTA costs.
+    until_stage: int = 0
     # live: a class's slots are stepped together, so its whole synthetic cloud moves (the loop
     # batches a class block's groups); group: only the group's slots move, the rest stay at init.
     cloud: Literal["live", "group"] = "live"
@@ -160,7 +163,7 @@ class PTAConfig:
     min_points: int = 4  # H1 needs >= 4 points; PTA is off for smaller clouds
 
     def __post_init__(self):
-        _non_negative(self, "weight", "gamma", "margin")
+        _non_negative(self, "weight", "gamma", "margin", "until_stage")
         _positive(self, "k", "grid", "reference_subsets", "every")
         _check(self.min_points >= 2, "min_points", self.min_points, "must be at least 2")
         for name in ("distance", "infinite_bars", "class_reduction", "cloud"):
@@ -217,6 +220,9 @@ class RecoverConfig:
         _check(self.jitter >= -1, "jitter", self.jitter, "must be >= 0 (or -1: by resolution)")
         _check(all(s >= 1 for s in self.stage_sizes), "stage_sizes", self.stage_sizes, "every size must be >= 1")
         _check(all(b >= 0 for b in self.stage_budgets), "stage_budgets", self.stage_budgets, "budgets must be >= 0")
+        stages = len(self.stage_budgets) or len(self.stage_sizes) or self.num_stages
+        _check(self.pta.until_stage <= stages, "pta.until_stage", self.pta.until_stage,
+               f"this run has {stages} stages; give 1 to {stages}, or 0 for every stage")
         for name in ("batch_composition", "init", "precision"):
             _enum(self, name)
 

@@ -92,7 +92,8 @@ class TopologyTerm(Term):
         return total
 
     def values(self, groups: list[Group], step: Step, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.ctx.cfg.ipc < self.cfg.min_points or step.local % self.cfg.every:
+        off_stage = 0 < self.cfg.until_stage <= step.stage
+        if self.ctx.cfg.ipc < self.cfg.min_points or off_stage or step.local % self.cfg.every:
             return [x.new_zeros(()) for x in xs]
         if self.cfg.cloud == "live":
             return self._evaluate(groups, step, xs)
