@@ -172,6 +172,38 @@ def test_topology_term_acts_only_until_the_stage_named(digits, digits_teacher, t
         build(RecoverConfig, base=preset("pta"), flags={"num_stages": 2, "pta.until_stage": 3})
 
 
+def test_teacher_passes_cut_a_step_between_whole_groups(digits, digits_teacher, tmp_path, monkeypatch):
+    from reta.recover import loop
+
+    train, _ = digits
+    cfg = build(RecoverConfig, base={**preset("fadrm"), "ipc": 4, "iterations": 0, "rded_candidates": 20})
+    run = loop.Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(loop, "CPU_PASS_IMAGES", 100)
+    assert run.teacher_passes([10] * 25) == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
+    assert run.teacher_passes([40, 40, 40]) == [[0, 1], [2]]
+    assert run.teacher_passes([150, 10]) == [[0], [1]]  # a group larger than a pass is one pass
+
+
+def test_a_joint_step_in_several_teacher_passes_equals_one_pass(digits, digits_teacher, tmp_path, monkeypatch):
+    from reta.recover import loop
+
+    train, _ = digits
+    cfg = build(RecoverConfig, base={**preset("pta"), "ipc": 4, "iterations": 8, "num_stages": 1, "batch_size": 10,
+                                     "jitter": 2, "rded_candidates": 20, "precision": "fp32", "channels_last": False})
+    run = loop.Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
+    assert run.method.joint
+    run.prepare_shared(list(range(len(run.groups()))))
+    block = [(g, run.groups()[g]) for g in range(4)]  # the 4 groups of one class block, 40 images
+    whole = run.run_groups(block)
+    monkeypatch.setattr(loop, "CPU_PASS_IMAGES", 10)  # one group per pass
+    assert len(run.teacher_passes([10] * 4)) == 4
+    cut = run.run_groups(block)
+    for (x_w, rec_w), (x_c, rec_c) in zip(whole, cut):
+        diff = (x_w - x_c).abs()  # same tolerance as batched vs one-by-one groups (Adam's sqrt(v))
+        assert float(diff.max()) < 1e-3 and float(diff.mean()) < 1e-5, (float(diff.max()), float(diff.mean()))
+        assert rec_w["stages"][-1]["final_bn"] == pytest.approx(rec_c["stages"][-1]["final_bn"], rel=1e-3, abs=1e-5)
+
+
 def test_finished_output_is_not_overwritten(digits, digits_teacher, tmp_path):
     _distill(digits, digits_teacher, tmp_path, "done", "random")
     with pytest.raises(RetaError, match="already holds a finished"):

@@ -51,6 +51,10 @@ INIT_DIR = "init"  # initial images per class while a run is unfinished
 FINITE_CHECK_EVERY = 50
 GREY_SAMPLE = 512  # training images inspected to decide whether a dataset is grey
 GPU_STEP_IMAGES = 400  # images per batched step on a GPU by default (8 groups of 50 ResNet-18 images at 224 px)
+# On the CPU a teacher pass costs the same per image up to ~100 images and more beyond (ConvNet-3,
+# 32 px, bf16: 2.9-3.2 ms/image at 10-100, 3.9 at 250, 4.4 at 500; benchmarks/results/step-cost.txt),
+# so groups stepped together (a joint method's class block) go through the teacher in passes of this size.
+CPU_PASS_IMAGES = 100
 
 
 def finite_check_every(dev: torch.device) -> int:
@@ -302,7 +306,7 @@ class Recover:
 
     # -- one group ----------------------------------------------------------------------------
     def run_groups(self, batch: list[tuple[int, np.ndarray]], bar=None) -> list[tuple[torch.Tensor, dict]]:
-        """Optimise several independent groups in one teacher pass per step; (images, record) per group.
+        """Optimise several independent groups together, step by step; (images, record) per group.
 
         Each group keeps everything of its own: images (one Adam parameter each, so its own Adam
         state), random generator (its own crop box, flip and roll), BN statistics (the hooks reduce
@@ -319,6 +323,7 @@ class Recover:
             return [(x, {"stages": [], **r}) for x, r in zip(xs, records)]
         gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "group", g.key)) for g in groups]
         splits = [len(g.slots) for g in groups]
+        passes = self.teacher_passes(splits)
         for term in self.method.terms:
             with self.timer(term.name):
                 for g in groups:
@@ -340,16 +345,18 @@ class Recover:
                 for pg in opt.param_groups:
                     pg["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
                 which = t % len(self.teachers)
-                view = torch.cat([augment_view(x, size, cfg, self.jitter, gen) for x, gen in zip(xs, gens)])
-                if cfg.channels_last:
-                    view = view.contiguous(memory_format=torch.channels_last)
-                self.hooks[which].splits = splits
-                with autocast(self.dtype, self.dev):
-                    logits = self.logits(which, view).float().split(splits)
-                bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
+                per_group = []
+                for part in passes:
+                    view = torch.cat([augment_view(xs[i], size, cfg, self.jitter, gens[i]) for i in part])
+                    if cfg.channels_last:
+                        view = view.contiguous(memory_format=torch.channels_last)
+                    self.hooks[which].splits = [splits[i] for i in part]
+                    with autocast(self.dtype, self.dev):
+                        logits = self.logits(which, view).float().split(self.hooks[which].splits)
+                    bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
+                    per_group += [{"ce": F.cross_entropy(logits[j], groups[i].labels), "bn": cfg.r_bn * bn[j]}
+                                  for j, i in enumerate(part)]
                 step = Step(stage=s, size=size, local=local)
-                per_group = [{"ce": F.cross_entropy(logits[i], g.labels), "bn": cfg.r_bn * bn[i]}
-                             for i, g in enumerate(groups)]
                 for term in self.method.terms:
                     with self.timer(term.name):
                         for terms, value in zip(per_group, term.values(groups, step, xs)):
@@ -449,8 +456,9 @@ class Recover:
         return plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
 
     def groups_per_step(self) -> int:
-        """Groups optimised together in one teacher pass. 0 = by device: 1 on the CPU, where a step's
-        cost grows linearly with its images anyway (a joint method: its whole class block); on a GPU
+        """Groups optimised together in one step. 0 = by device: 1 on the CPU, where a step's cost
+        grows linearly with its images anyway (a joint method: its whole class block, in teacher
+        passes of at most CPU_PASS_IMAGES images, `teacher_passes`); on a GPU
         as many as keep one step under about GPU_STEP_IMAGES images, so kernel launches are
         amortised without running out of memory."""
         if self.cfg.groups_per_step:
@@ -459,6 +467,21 @@ class Recover:
         if self.dev.type != "cuda":
             return len(self.groups()) if self.method.joint else 1
         return max(1, (GPU_STEP_IMAGES if self.method.joint else min(8 * group_images, GPU_STEP_IMAGES)) // group_images)
+
+    def teacher_passes(self, splits: list[int]) -> list[list[int]]:
+        """The groups of one step (by position, sizes `splits`) cut into consecutive teacher passes:
+        on the CPU of at most CPU_PASS_IMAGES images (a group is never split), on a GPU one pass.
+        Each group's CE and BN statistics are its own, so the cut changes no gradient."""
+        if self.dev.type == "cuda":
+            return [list(range(len(splits)))]
+        passes, images = [[]], 0
+        for i, n in enumerate(splits):
+            if passes[-1] and images + n > CPU_PASS_IMAGES:
+                passes.append([])
+                images = 0
+            passes[-1].append(i)
+            images += n
+        return passes
 
     def batches(self, done: set[int], rank: int, world: int) -> list[list[int]]:
         """This rank's groups, in the batches that are stepped together.
