@@ -152,8 +152,8 @@ class PTAConfig:
     # T: the term (exact gradient, one extra clean pass) is evaluated on every T-th step of a
     # stage with weight T*lambda, and is off in between: extra passes cost 1/T of the steps.
     every: int = 1
-    # The term acts in stages 1..until_stage only; 0 = every stage. Off in the last stage, the
-    # final steps are CE + BN matching alone, which repair the BN statistics PTA costs.
+    # The term acts in stages 1..until_stage only; 0 (or the run's stage count or more) = every
+    # stage. The later stages are CE + BN matching alone and repair the BN statistics PTA costs.
     until_stage: int = 0
     # live: a class's slots are stepped together, so its whole synthetic cloud moves (the loop
     # batches a class block's groups); group: only the group's slots move, the rest stay at init.
@@ -220,9 +220,6 @@ class RecoverConfig:
         _check(self.jitter >= -1, "jitter", self.jitter, "must be >= 0 (or -1: by resolution)")
         _check(all(s >= 1 for s in self.stage_sizes), "stage_sizes", self.stage_sizes, "every size must be >= 1")
         _check(all(b >= 0 for b in self.stage_budgets), "stage_budgets", self.stage_budgets, "budgets must be >= 0")
-        stages = len(self.stage_budgets) or len(self.stage_sizes) or self.num_stages
-        _check(self.pta.until_stage <= stages, "pta.until_stage", self.pta.until_stage,
-               f"this run has {stages} stages; give 1 to {stages}, or 0 for every stage")
         for name in ("batch_composition", "init", "precision"):
             _enum(self, name)
 
