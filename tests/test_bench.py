@@ -143,9 +143,11 @@ def test_committed_retrieval_rows_are_still_what_this_code_computes(name):
                  if r["method"] in ("drc", "reta", "reta-paper")}
     assert retrieval
     preset_name = name.removesuffix("-full")
-    # The committed rows predate teacher_sha256: they are the legacy rows of their table's teacher.
+    # Rows from before teacher_sha256 are the legacy rows of their table's teacher; later ones name it.
+    table = json.loads((REPO / "benchmarks" / "results" / f"{name}.json").read_text())
+    teacher_sha = table["teacher"].get("weights_sha256", "this table's teacher")
     found = current_committed_rows(committed, [], presets()[preset_name], tier_settings("full"), "test",
-                                   rows[0]["teacher_key"], teacher_sha="this table's teacher", legacy_ok=True)
+                                   rows[0]["teacher_key"], teacher_sha=teacher_sha, legacy_ok=True)
     assert retrieval <= {(r["variant"], r["synthesis_seed"], r["student"]) for r in found}
 
 
