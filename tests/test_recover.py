@@ -13,7 +13,7 @@ from reta.config import RecoverConfig, build
 from reta.errors import RetaError
 from reta.losses.bn import BNStatHooks, batch_moments, bn_layer_loss
 from reta.recover import METHODS, distill, preset
-from reta.recover.loop import default_jitter, mix, plan_groups, stage_plan
+from reta.recover.loop import default_jitter, mix, plan_groups, stage_plan, teacher_passes
 from reta.schedule import cosine_lr
 
 CPU = torch.device("cpu")
@@ -170,16 +170,11 @@ def test_topology_term_acts_only_until_the_stage_named(digits, digits_teacher, t
     assert len(refreshes) == 4 * 4 and {r["stage"] for r in refreshes} == {0}  # steps 0, 2, 4, 6 of stage 1
 
 
-def test_teacher_passes_cut_a_step_between_whole_groups(digits, digits_teacher, tmp_path, monkeypatch):
-    from reta.recover import loop
-
-    train, _ = digits
-    cfg = build(RecoverConfig, base={**preset("fadrm"), "ipc": 4, "iterations": 0, "rded_candidates": 20})
-    run = loop.Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
-    monkeypatch.setattr(loop, "CPU_PASS_IMAGES", 100)
-    assert run.teacher_passes([10] * 25) == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
-    assert run.teacher_passes([40, 40, 40]) == [[0, 1], [2]]
-    assert run.teacher_passes([150, 10]) == [[0], [1]]  # a group larger than a pass is one pass
+def test_teacher_passes_cut_a_step_between_whole_groups():
+    assert teacher_passes([10] * 25, 100) == [list(range(10)), list(range(10, 20)), list(range(20, 25))]
+    assert teacher_passes([40, 40, 40], 100) == [[0, 1], [2]]
+    assert teacher_passes([150, 10], 100) == [[0], [1]]  # a group larger than a pass is one pass
+    assert teacher_passes([40, 40, 40], None) == [[0, 1, 2]]
 
 
 def test_a_joint_step_in_several_teacher_passes_equals_one_pass(digits, digits_teacher, tmp_path, monkeypatch):
@@ -194,7 +189,6 @@ def test_a_joint_step_in_several_teacher_passes_equals_one_pass(digits, digits_t
     block = [(g, run.groups()[g]) for g in range(4)]  # the 4 groups of one class block, 40 images
     whole = run.run_groups(block)
     monkeypatch.setattr(loop, "CPU_PASS_IMAGES", 10)  # one group per pass
-    assert len(run.teacher_passes([10] * 4)) == 4
     cut = run.run_groups(block)
     for (x_w, rec_w), (x_c, rec_c) in zip(whole, cut):
         diff = (x_w - x_c).abs()  # same tolerance as batched vs one-by-one groups (Adam's sqrt(v))

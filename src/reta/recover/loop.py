@@ -95,6 +95,22 @@ def plan_groups(num_classes: int, ipc: int, batch_size: int, composition: str) -
             for s in range(0, num_classes, per)]
 
 
+def teacher_passes(splits: list[int], max_images: int | None) -> list[list[int]]:
+    """Groups of one step (by position, sizes `splits`) cut into consecutive teacher passes of at
+    most `max_images` images (None: one pass); a group is never split, so one larger than a pass
+    is a pass of its own. Each group's CE and BN statistics are its own: the cut changes no gradient."""
+    if max_images is None:
+        return [list(range(len(splits)))]
+    passes, images = [[]], 0
+    for i, n in enumerate(splits):
+        if passes[-1] and images + n > max_images:
+            passes.append([])
+            images = 0
+        passes[-1].append(i)
+        images += n
+    return passes
+
+
 def roll(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
     if jitter <= 0:
         return x
@@ -323,7 +339,8 @@ class Recover:
             return [(x, {"stages": [], **r}) for x, r in zip(xs, records)]
         gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "group", g.key)) for g in groups]
         splits = [len(g.slots) for g in groups]
-        passes = self.teacher_passes(splits)
+        passes = teacher_passes(splits, None if self.dev.type == "cuda" else CPU_PASS_IMAGES)
+        pass_splits = [[splits[i] for i in part] for part in passes]
         for term in self.method.terms:
             with self.timer(term.name):
                 for g in groups:
@@ -346,13 +363,13 @@ class Recover:
                     pg["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
                 which = t % len(self.teachers)
                 per_group = []
-                for part in passes:
+                for part, part_splits in zip(passes, pass_splits):
                     view = torch.cat([augment_view(xs[i], size, cfg, self.jitter, gens[i]) for i in part])
                     if cfg.channels_last:
                         view = view.contiguous(memory_format=torch.channels_last)
-                    self.hooks[which].splits = [splits[i] for i in part]
+                    self.hooks[which].splits = part_splits
                     with autocast(self.dtype, self.dev):
-                        logits = self.logits(which, view).float().split(self.hooks[which].splits)
+                        logits = self.logits(which, view).float().split(part_splits)
                     bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
                     per_group += [{"ce": F.cross_entropy(logits[j], groups[i].labels), "bn": cfg.r_bn * bn[j]}
                                   for j, i in enumerate(part)]
@@ -456,9 +473,10 @@ class Recover:
         return plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
 
     def groups_per_step(self) -> int:
-        """Groups optimised together in one step. 0 = by device: 1 on the CPU, where a step's cost
-        grows linearly with its images anyway (a joint method: its whole class block, in teacher
-        passes of at most CPU_PASS_IMAGES images, `teacher_passes`); on a GPU
+        """Groups optimised together in one step. 0 = by device: on the CPU 1 (per image, a pass of
+        10 images costs within ~10 % of one of 100) or, for a joint method, its whole class block,
+        which goes through the teacher in passes of at most CPU_PASS_IMAGES images
+        (`teacher_passes`); on a GPU
         as many as keep one step under about GPU_STEP_IMAGES images, so kernel launches are
         amortised without running out of memory."""
         if self.cfg.groups_per_step:
@@ -467,21 +485,6 @@ class Recover:
         if self.dev.type != "cuda":
             return len(self.groups()) if self.method.joint else 1
         return max(1, (GPU_STEP_IMAGES if self.method.joint else min(8 * group_images, GPU_STEP_IMAGES)) // group_images)
-
-    def teacher_passes(self, splits: list[int]) -> list[list[int]]:
-        """The groups of one step (by position, sizes `splits`) cut into consecutive teacher passes:
-        on the CPU of at most CPU_PASS_IMAGES images (a group is never split), on a GPU one pass.
-        Each group's CE and BN statistics are its own, so the cut changes no gradient."""
-        if self.dev.type == "cuda":
-            return [list(range(len(splits)))]
-        passes, images = [[]], 0
-        for i, n in enumerate(splits):
-            if passes[-1] and images + n > CPU_PASS_IMAGES:
-                passes.append([])
-                images = 0
-            passes[-1].append(i)
-            images += n
-        return passes
 
     def batches(self, done: set[int], rank: int, world: int) -> list[list[int]]:
         """This rank's groups, in the batches that are stepped together.
