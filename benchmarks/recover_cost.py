@@ -1,8 +1,10 @@
-"""RETA / FADRM recover time on this machine, measured alone: the full tier's imagenette32 IPC 10
-setting. A first reta run builds the prebuilt pool (cold); then fadrm and reta alternate twice
-(seeds 7 and 8) reading that one pool, as every later run on the same teacher does.
+"""RETA / FADRM recover time on this machine, measured alone: a full-tier preset (imagenette32 IPC 10
+by default). A first reta run builds the prebuilt pool (cold); then fadrm and reta alternate
+(seeds 7, 8, ...) reading that one pool, as every later run on the same teacher does. With
+`--cache DIR` the pool is read from that cache instead and there is no cold run (at IPC 50 the
+cold run alone is a full reta recover).
 
-    .venv/bin/python benchmarks/recover_cost.py [--out benchmarks/results/recover-cost-imagenette32-ipc10.json]
+    .venv/bin/python benchmarks/recover_cost.py [--preset imagenette32-ipc50 --repeats 1 --cache ~/.cache/reta]
 
 Writes the per-run wall time (setup included), the group compute time (setup excluded), the ratios
 with the pool built, and the cold first run. Nothing else may run meanwhile: on 2 cores a second
@@ -26,10 +28,13 @@ from reta.runtime import device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/recover-cost-imagenette32-ipc10.json")
+    parser.add_argument("--preset", default="imagenette32-ipc10")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/recover-cost-PRESET.json")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache", default=None, help="an existing pool cache to read (no cold run)")
     args = parser.parse_args()
-    spec, settings = presets()["imagenette32-ipc10"], tier_settings("full")
+    out = Path(args.out or f"benchmarks/results/recover-cost-{args.preset}.json")
+    spec, settings = presets()[args.preset], tier_settings("full")
     train, test = load_dataset(spec["data"], pipeline.default_data_root())
     dev = device()
     teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
@@ -46,18 +51,18 @@ def main() -> None:
 
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "cache"  # fresh: the first reta run builds the pool into it
-        cold = timed("reta", 6, Path(tmp) / "reta-cold", cache)
+        cache = Path(args.cache).expanduser() if args.cache else Path(tmp) / "cache"
+        cold = None if args.cache else timed("reta", 6, Path(tmp) / "reta-cold", cache)  # builds the pool
         for rep in range(args.repeats):
             for method in ("fadrm", "reta"):
                 runs.setdefault(method, []).append(timed(method, 7 + rep, Path(tmp) / f"{method}-{rep}", cache))
     ratio = {k: sum(r[k] for r in runs["reta"]) / sum(r[k] for r in runs["fadrm"]) for k in ("wall_seconds", "group_seconds")}
     fadrm_wall = sum(r["wall_seconds"] for r in runs["fadrm"]) / len(runs["fadrm"])
-    print("reta / fadrm, pool built:", ratio, "cold first run:", cold["wall_seconds"] / fadrm_wall, flush=True)
-    io.write_json(Path(args.out), {"what": __doc__.splitlines()[0], "preset": "imagenette32-ipc10", "tier": "full",
-                                   "runs": runs, "ratio_reta_over_fadrm": ratio, "cold_first_reta_run": cold,
-                                   "cold_ratio_over_mean_fadrm_wall": cold["wall_seconds"] / fadrm_wall,
-                                   "versions": io.versions()})
+    cold_ratio = cold["wall_seconds"] / fadrm_wall if cold else None
+    print("reta / fadrm, pool built:", ratio, "cold first run:", cold_ratio, flush=True)
+    io.write_json(out, {"what": __doc__.splitlines()[0], "preset": args.preset, "tier": "full",
+                        "runs": runs, "ratio_reta_over_fadrm": ratio, "cold_first_reta_run": cold,
+                        "cold_ratio_over_mean_fadrm_wall": cold_ratio, "versions": io.versions()})
 
 if __name__ == "__main__":
     main()
