@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--preset", default="imagenette32-ipc10")
     parser.add_argument("--out", default=None, help="default benchmarks/results/recover-cost-PRESET.json")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--cache", default=None, help="an existing pool cache to read (no cold run)")
+    parser.add_argument("--cache", default=None, help="a cache root already holding the pool, e.g. ~/.cache/reta (no cold run)")
     args = parser.parse_args()
     out = Path(args.out or f"benchmarks/results/recover-cost-{args.preset}.json")
     spec, settings = presets()[args.preset], tier_settings("full")
