@@ -181,8 +181,11 @@ def test_a_joint_step_in_several_teacher_passes_equals_one_pass(digits, digits_t
     from reta.recover import loop
 
     train, _ = digits
+    # PTA on every other step, so the cut steps (each pass backpropagated on its own, after the
+    # first step) also carry the topology term's gradient.
     cfg = build(RecoverConfig, base={**preset("pta"), "ipc": 4, "iterations": 8, "num_stages": 1, "batch_size": 10,
-                                     "jitter": 2, "rded_candidates": 20, "precision": "fp32", "channels_last": False})
+                                     "jitter": 2, "rded_candidates": 20, "precision": "fp32", "channels_last": False,
+                                     "pta": {**preset("pta")["pta"], "every": 2}})
     run = loop.Recover(train, [digits_teacher], cfg, tmp_path / "r", CPU, cache_dir=tmp_path / "cache", progress=False)
     assert run.method.joint
     run.prepare_shared(list(range(len(run.groups()))))
@@ -478,7 +481,8 @@ def test_grad_ratio_of_each_group_against_its_own_base_gradient():
     coupled = 3 * (x1.sum() + 2 * x2.sum())  # a term coupling the groups, split in two shares
     per_group = [{"ce": (x1 ** 2).sum(), "bn": x1.sum(), "pta": coupled / 2},
                  {"ce": (x2 ** 2).sum(), "bn": 0 * x2.sum(), "pta": coupled / 2}]
-    ratios = Recover._grad_ratios(per_group, [x1, x2])
+    base = torch.autograd.grad(sum(t["ce"] + t["bn"] for t in per_group), [x1, x2], retain_graph=True)
+    ratios = Recover._grad_ratios(list(base), per_group, [x1, x2])
     # base gradients: 2*x1 + 1 = (3, 5); 2*x2 = (6, -2). term gradients: (3, 3) and (6, 6)
     assert ratios[0]["pta"] == pytest.approx((3 * 2 ** 0.5) / 34 ** 0.5)
     assert ratios[1]["pta"] == pytest.approx((6 * 2 ** 0.5) / 40 ** 0.5)

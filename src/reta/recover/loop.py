@@ -362,6 +362,12 @@ class Recover:
                 for pg in opt.param_groups:
                     pg["lr"] = cosine_lr(cfg.lr, t, self.total_steps)
                 which = t % len(self.teachers)
+                opt.zero_grad(set_to_none=True)
+                # Each teacher pass is backpropagated as soon as it is made, so memory holds one pass's
+                # graph, not the whole step's. A group's CE and BN read only its own images and the terms
+                # never read the teacher graph, so every image gets the same two gradient contributions
+                # (its pass, the terms) as from one backward of the step's sum; their float sum does not
+                # depend on the order.
                 per_group = []
                 for part, part_splits in zip(passes, pass_splits):
                     view = torch.cat([augment_view(xs[i], size, cfg, self.jitter, gens[i]) for i in part])
@@ -371,22 +377,25 @@ class Recover:
                     with autocast(self.dtype, self.dev):
                         logits = self.logits(which, view).float().split(part_splits)
                     bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
-                    per_group += [{"ce": F.cross_entropy(logits[j], groups[i].labels), "bn": cfg.r_bn * bn[j]}
+                    part_terms = [{"ce": F.cross_entropy(logits[j], groups[i].labels), "bn": cfg.r_bn * bn[j]}
                                   for j, i in enumerate(part)]
+                    scaler.scale(torch.stack([_sum_terms(terms) for terms in part_terms]).sum()).backward()
+                    per_group += [{k: v.detach() for k, v in terms.items()} for terms in part_terms]
                 step = Step(stage=s, size=size, local=local)
                 for term in self.method.terms:
                     with self.timer(term.name):
                         for terms, value in zip(per_group, term.values(groups, step, xs)):
                             terms[term.name] = value
-                if t == 0:
-                    grad_ratios = self._grad_ratios(per_group, xs)
+                if t == 0:  # x.grad holds the CE + BN gradient alone until the terms are backpropagated
+                    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+                    grad_ratios = self._grad_ratios([x.grad / scale for x in xs], per_group, xs)
                 group_loss = torch.stack([_sum_terms(terms) for terms in per_group])
                 losses[:, local] = group_loss.detach()
                 if local + 1 - checked >= check_every:
                     self._check_finite(losses, checked, local + 1, s)
                     checked = local + 1
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(group_loss.sum()).backward()
+                if group_loss.requires_grad:  # a term that is on this step
+                    scaler.scale(group_loss.sum()).backward()
                 scaler.step(opt)
                 scaler.update()
                 for x in xs:
@@ -421,17 +430,15 @@ class Recover:
         return [(x.detach(), {"stages": st, "grad_ratio": gr, **r}) for x, st, gr, r in zip(xs, stages, grad_ratios, records)]
 
     @staticmethod
-    def _grad_ratios(per_group: list[dict[str, torch.Tensor]], xs: list[torch.Tensor]) -> list[dict[str, float]]:
+    def _grad_ratios(base: list[torch.Tensor], per_group: list[dict[str, torch.Tensor]],
+                     xs: list[torch.Tensor]) -> list[dict[str, float]]:
         """Per group, ||d term / dx|| / ||d (CE + r_bn BN) / dx|| for every extra term at the first step.
 
-        A group's CE and BN statistics depend on its own images only, so one backward of their sum
-        over the groups gives every group's own base gradient (not one backward per group). A term's
+        `base`: each group's own CE + BN gradient (a group's CE and BN statistics depend on its own
+        images only, so one backward over all groups gives every group's, as x.grad). A term's
         gradient is that of its sum over the groups stepped together, so a term coupling groups (one
         cloud per class across them) is measured whole, not by its per-group share."""
         extra = [k for k in per_group[0] if k not in ("ce", "bn")]
-        if not extra:
-            return [{} for _ in xs]
-        base = torch.autograd.grad(sum(t["ce"] + t["bn"] for t in per_group), xs, retain_graph=True)
         out = [{} for _ in xs]
         for name in extra:
             total = sum(t[name] for t in per_group)
