@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reta.bench import aggregate, run_bench, write_benchmarks_md
+from reta.bench import aggregate, run_bench, table_rows, write_benchmarks_md
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -116,6 +116,16 @@ def test_aggregate_pools_all_runs_and_pairs_synthesis_seeds():
     assert reta["delta_vs_random"] == pytest.approx(0.19) and reta["ior"] == reta["delta_vs_random"]
     assert by["fadrm"]["hlr"] == pytest.approx(0.5) and by["fadrm"]["lrs"] is not None and reta["hlr"] is None
     assert reta["time_vs_fadrm"] == pytest.approx(1.0)
+
+
+def test_table_rows_follow_the_ablation_order_whatever_the_publish_order():
+    published = ["reta+pta.weight=1", "pta", "reta", "random", "reta-paper", "fadrm", "drc"]
+    result = {"protocol_soft": {"student": "convnet3"}, "students": ["convnet3", "convnet3-in"],
+              "methods": [{"method": m, "student": s, "soft": {"top1_final_mean": 0.5, "top1_final_std": 0.0}}
+                          for m in published for s in ("convnet3-in", "convnet3")]}
+    listed = [(r["method"], r["student"]) for r in table_rows(result)]
+    methods = ["random", "fadrm", "drc", "pta", "reta", "reta+pta.weight=1", "reta-paper"]
+    assert listed == [(m, s) for m in methods for s in ("convnet3", "convnet3-in")]
 
 
 def test_committed_results_still_render(tmp_path):

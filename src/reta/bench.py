@@ -49,6 +49,9 @@ from reta.runtime import device
 TIERS = ("quick", "full")
 FORMAT = "reta-bench/2"
 REFERENCE, BASELINE = "fadrm", "random"
+# Tables list the baseline, the reference, then RETA's ablation in the order it builds up; other
+# methods follow by name, and a method's variants (label with +overrides) follow its plain row.
+TABLE_ORDER = (BASELINE, REFERENCE, "drc", "pta", "reta", "reta-paper")
 
 
 def presets() -> dict[str, dict]:
@@ -359,8 +362,16 @@ def machine() -> dict:
 def table_rows(result: dict) -> list[dict]:
     """Rows for the shared table renderer; also reads the first-format results (one student, one synthesis seed)."""
     default_student = result["protocol_soft"]["student"]
+    students = result.get("students", [default_student])
+
+    def order(r: dict) -> tuple:
+        method, *sets = r["method"].split("+")
+        student = r.get("student", default_student)
+        return (TABLE_ORDER.index(method) if method in TABLE_ORDER else len(TABLE_ORDER), method, bool(sets),
+                r["method"], students.index(student) if student in students else len(students), student)
+
     rows = []
-    for r in result["methods"]:
+    for r in sorted(result["methods"], key=order):
         s, h = r["soft"], r.get("hard")
         rows.append({
             "method": r["method"], "student": r.get("student", default_student),
@@ -400,7 +411,9 @@ def section(result: dict) -> list[str]:
         f"(CutMix cross-entropy, for HLR) with {students[0]} only. Top-1 in % on {split_text}, final epoch, mean ± "
         f"sample std over all runs (synthesis seeds × student seeds); Δ vs FADRM is the mean ± std of the "
         f"per-synthesis-seed paired differences (no std with one seed). HLR/IOR in percentage points, LRS ×100 "
-        f"computed on fractions.", "",
+        f"computed on fractions. \"recover time / FADRM\" divides the recover times the rows recorded, which may "
+        f"have been made at different times under different load; a controlled ratio is measured alone by "
+        f"benchmarks/recover_cost.py (recover-cost-*.json).", "",
         results_table(table_rows(result)), "",
     ]
 
