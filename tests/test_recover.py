@@ -262,7 +262,7 @@ def test_drc_records_index_the_full_training_split_outside_the_holdout(digits, d
 @pytest.mark.parametrize("method", ["pta", "reta"])
 def test_topology_term_is_off_below_four_images_per_class(method, digits, digits_teacher, tmp_path):
     _, manifest = _distill(digits, digits_teacher, tmp_path, method, method, ipc=1, batch_size=10)
-    assert all(g["grad_ratio"] == {"pta": 0.0} for g in manifest["groups"])
+    assert all(g["grad_ratio"] == {"pta": 0.0, "pta_one_view": 0.0} for g in manifest["groups"])
 
 
 @pytest.mark.parametrize("method", ["sre2l", "reta"])
@@ -472,6 +472,20 @@ def test_manifest_records_how_alike_each_image_and_its_anchor_are(digits, digits
     assert corr[0] > 0.5
 
 
+def test_grad_ratio_views_are_drawn_apart_and_leave_the_images_alone(digits, digits_teacher, tmp_path, monkeypatch):
+    from reta.recover import loop
+
+    kw = {"iterations": 8, "num_stages": 2, "pta.every": 2}
+    averaged, many = _distill(digits, digits_teacher, tmp_path, "views8", "pta", **kw)
+    monkeypatch.setattr(loop, "GRAD_RATIO_VIEWS", 1)
+    single, one = _distill(digits, digits_teacher, tmp_path, "views1", "pta", **kw)
+    assert _png_bytes(averaged) == _png_bytes(single)
+    for g8, g1 in zip(many["groups"], one["groups"]):
+        assert g1["grad_ratio"]["pta"] == pytest.approx(g1["grad_ratio"]["pta_one_view"])
+        assert g8["grad_ratio"]["pta_one_view"] == pytest.approx(g1["grad_ratio"]["pta_one_view"])
+        assert g8["grad_ratio"]["pta"] != pytest.approx(g8["grad_ratio"]["pta_one_view"])
+
+
 def test_grad_ratio_of_each_group_against_its_own_base_gradient():
     """Known answer: group i's ratio is ||d(sum of the term over groups)/dx_i|| / ||d(CE_i + BN_i)/dx_i||."""
     from reta.recover.loop import Recover
@@ -482,10 +496,11 @@ def test_grad_ratio_of_each_group_against_its_own_base_gradient():
     per_group = [{"ce": (x1 ** 2).sum(), "bn": x1.sum(), "pta": coupled / 2},
                  {"ce": (x2 ** 2).sum(), "bn": 0 * x2.sum(), "pta": coupled / 2}]
     base = torch.autograd.grad(sum(t["ce"] + t["bn"] for t in per_group), [x1, x2], retain_graph=True)
-    ratios = Recover._grad_ratios(list(base), per_group, [x1, x2])
+    ratios = Recover._grad_ratios(per_group, [x1, x2], [float(b.norm()) for b in base], one_view=[1.0, 2.0])
     # base gradients: 2*x1 + 1 = (3, 5); 2*x2 = (6, -2). term gradients: (3, 3) and (6, 6)
     assert ratios[0]["pta"] == pytest.approx((3 * 2 ** 0.5) / 34 ** 0.5)
     assert ratios[1]["pta"] == pytest.approx((6 * 2 ** 0.5) / 40 ** 0.5)
+    assert ratios[0]["pta_one_view"] == pytest.approx(3 * 2 ** 0.5) and ratios[1]["pta_one_view"] == pytest.approx(3 * 2 ** 0.5)
 
 
 def test_retrieval_starts_at_first_connection(digits, digits_teacher, tmp_path):

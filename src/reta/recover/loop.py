@@ -55,6 +55,9 @@ GPU_STEP_IMAGES = 400  # images per batched step on a GPU by default (8 groups o
 # 32 px, bf16: 2.9-3.2 ms/image at 10-100, 3.9 at 250, 4.4 at 500; benchmarks/results/step-cost.txt),
 # so groups stepped together (a joint method's class block) go through the teacher in passes of this size.
 CPU_PASS_IMAGES = 100
+# Augmented views over which the CE + BN gradient norm is averaged (RMS) for the gradient ratio
+# recorded at a group's start: 7 extra teacher passes there, ~1 % of a RETA recover at IPC 10.
+GRAD_RATIO_VIEWS = 8
 
 
 def finite_check_every(dev: torch.device) -> int:
@@ -350,7 +353,7 @@ class Recover:
         scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16 and self.dev.type == "cuda")
         adam_kwargs = {"fused": True} if self.dev.type == "cuda" else {}
         check_every = finite_check_every(self.dev)
-        stages, grad_ratios, t = [[] for _ in groups], [None] * len(groups), 0
+        stages, grad_ratios, t = [[] for _ in groups], [{} for _ in groups], 0
         for s, (size, budget) in enumerate(zip(self.sizes, self.budgets)):
             xs = [x.detach().requires_grad_(True) for x in xs]
             opt = torch.optim.Adam(xs, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **adam_kwargs)
@@ -370,15 +373,7 @@ class Recover:
                 # depend on the order.
                 per_group = []
                 for part, part_splits in zip(passes, pass_splits):
-                    view = torch.cat([augment_view(xs[i], size, cfg, self.jitter, gens[i]) for i in part])
-                    if cfg.channels_last:
-                        view = view.contiguous(memory_format=torch.channels_last)
-                    self.hooks[which].splits = part_splits
-                    with autocast(self.dtype, self.dev):
-                        logits = self.logits(which, view).float().split(part_splits)
-                    bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
-                    part_terms = [{"ce": F.cross_entropy(logits[j], groups[i].labels), "bn": cfg.r_bn * bn[j]}
-                                  for j, i in enumerate(part)]
+                    part_terms = self._pass_losses(groups, part, part_splits, xs, size, which, gens)
                     scaler.scale(torch.stack([_sum_terms(terms) for terms in part_terms]).sum()).backward()
                     per_group += [{k: v.detach() for k, v in terms.items()} for terms in part_terms]
                 step = Step(stage=s, size=size, local=local)
@@ -386,9 +381,11 @@ class Recover:
                     with self.timer(term.name):
                         for terms, value in zip(per_group, term.values(groups, step, xs)):
                             terms[term.name] = value
-                if t == 0:  # x.grad holds the CE + BN gradient alone until the terms are backpropagated
+                if t == 0 and self.method.terms:  # x.grad: the CE + BN gradient alone, until the terms' backward
                     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-                    grad_ratios = self._grad_ratios([x.grad / scale for x in xs], per_group, xs)
+                    one_view = [float((x.grad / scale).norm()) for x in xs]
+                    grad_ratios = self._grad_ratios(per_group, xs, self._base_gradient_rms(
+                        groups, passes, pass_splits, xs, size, which, one_view), one_view)
                 group_loss = torch.stack([_sum_terms(terms) for terms in per_group])
                 losses[:, local] = group_loss.detach()
                 if local + 1 - checked >= check_every:
@@ -429,23 +426,58 @@ class Recover:
                 r[term.name] = term.end_group(g)
         return [(x.detach(), {"stages": st, "grad_ratio": gr, **r}) for x, st, gr, r in zip(xs, stages, grad_ratios, records)]
 
-    @staticmethod
-    def _grad_ratios(base: list[torch.Tensor], per_group: list[dict[str, torch.Tensor]],
-                     xs: list[torch.Tensor]) -> list[dict[str, float]]:
-        """Per group, ||d term / dx|| / ||d (CE + r_bn BN) / dx|| for every extra term at the first step.
+    def _pass_losses(self, groups: list[Group], part: list[int], part_splits: list[int], xs: list[torch.Tensor],
+                     size: int, which: int, gens: list[torch.Generator]) -> list[dict[str, torch.Tensor]]:
+        """CE and r_bn * BN of each group of one teacher pass, on one augmented view per group."""
+        cfg = self.cfg
+        view = torch.cat([augment_view(xs[i], size, cfg, self.jitter, gens[i]) for i in part])
+        if cfg.channels_last:
+            view = view.contiguous(memory_format=torch.channels_last)
+        self.hooks[which].splits = part_splits
+        with autocast(self.dtype, self.dev):
+            logits = self.logits(which, view).float().split(part_splits)
+        bn = self.hooks[which].group_losses(cfg.first_bn_multiplier)
+        return [{"ce": F.cross_entropy(logits[j], groups[i].labels), "bn": cfg.r_bn * bn[j]} for j, i in enumerate(part)]
 
-        `base`: each group's own CE + BN gradient (a group's CE and BN statistics depend on its own
-        images only, so one backward over all groups gives every group's, as x.grad). A term's
-        gradient is that of its sum over the groups stepped together, so a term coupling groups (one
-        cloud per class across them) is measured whole, not by its per-group share."""
+    def _base_gradient_rms(self, groups: list[Group], passes: list[list[int]], pass_splits: list[list[int]],
+                           xs: list[torch.Tensor], size: int, which: int, one_view: list[float]) -> list[float]:
+        """Per group, the root mean square of ||d (CE + r_bn BN) / dx|| over GRAD_RATIO_VIEWS augmented
+        views: the step's own view (norm `one_view`) and views drawn from generators of their own, so
+        the run's images do not change. One view is a noisy scale: at the RDED start the view's CE
+        ranges 0.1-4.3 over the groups of one imagenette32 run and the gradient norm with it (0.07 to
+        0.42, while the PTA gradient stays at 0.48-0.78), and Adam's step scale follows the gradient's
+        RMS over steps, i.e. over views."""
+        gens = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, "grad-ratio-views", g.key)) for g in groups]
+        squares = [n ** 2 for n in one_view]
+        for _ in range(GRAD_RATIO_VIEWS - 1):
+            for part, part_splits in zip(passes, pass_splits):
+                part_terms = self._pass_losses(groups, part, part_splits, xs, size, which, gens)
+                grads = torch.autograd.grad(torch.stack([_sum_terms(terms) for terms in part_terms]).sum(),
+                                            [xs[i] for i in part])
+                for i, g in zip(part, grads):
+                    squares[i] += float(g.double().pow(2).sum())
+        return [(q / GRAD_RATIO_VIEWS) ** 0.5 for q in squares]
+
+    @staticmethod
+    def _grad_ratios(per_group: list[dict[str, torch.Tensor]], xs: list[torch.Tensor], base: list[float],
+                     one_view: list[float] | None = None) -> list[dict[str, float]]:
+        """Per group, ||d term / dx|| / base for every extra term at the first step, where `base` is
+        the group's own CE + r_bn BN gradient norm (RMS over views, `_base_gradient_rms`); with
+        `one_view` (that norm on the step's single view) also `<term>_one_view`.
+
+        A term's gradient is that of its sum over the groups stepped together, so a term coupling
+        groups (one cloud per class across them) is measured whole, not by its per-group share."""
         extra = [k for k in per_group[0] if k not in ("ce", "bn")]
         out = [{} for _ in xs]
         for name in extra:
             total = sum(t[name] for t in per_group)
             grads = (torch.autograd.grad(total, xs, retain_graph=True, allow_unused=True) if total.requires_grad
                      else [None] * len(xs))
-            for i, (g, b) in enumerate(zip(grads, base)):
-                out[i][name] = float(g.norm() / b.norm().clamp_min(1e-30)) if g is not None else 0.0  # a term that is off: 0
+            for i, g in enumerate(grads):
+                norm = float(g.norm()) if g is not None else 0.0  # a term that is off: 0
+                out[i][name] = norm / max(base[i], 1e-30)
+                if one_view is not None:
+                    out[i][f"{name}_one_view"] = norm / max(one_view[i], 1e-30)
         return out
 
     def classes_of(self, group_ids: list[int]) -> list[int]:
