@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from reta.bench import aggregate, run_bench, table_rows, write_benchmarks_md
+from reta.errors import RetaError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -77,7 +78,12 @@ def test_bench_writes_under_out_only_and_resumes_across_machines(tiny_bench, tmp
     committed = tiny_bench / "benchmarks" / "results" / "digits-ipc2-quick"
     assert len(list(committed.glob("*.json"))) == 8 and (tiny_bench / "BENCHMARKS.md").is_file()
     assert "| fadrm | convnet2-w8-in |" in (tiny_bench / "BENCHMARKS.md").read_text()
-    # Another machine: an empty --out, the committed rows in ./benchmarks/results/ -> nothing retrains.
+    (teacher,) = (tiny_bench / "benchmarks" / "teachers").iterdir()  # the table's teacher is committed with it
+    assert {p.name for p in teacher.iterdir()} == {"meta.json", "weights.safetensors"}
+    # Another machine: an empty cache and --out, the committed teacher and rows -> nothing retrains
+    # (a teacher trained there would have other weights, and no committed row would be reused).
+    monkeypatch.setenv("RETA_CACHE", str(tmp_path / "other-cache"))
+    monkeypatch.setattr("reta.pipeline.squeeze", lambda *a, **k: pytest.fail("the committed teacher was retrained"))
     other = run_bench("digits-ipc2", "quick", tmp_path / "elsewhere", **kwargs)
     assert other["methods"] == result["methods"]
     # Publishing one variant keeps the committed rows of the others in the published table.
@@ -91,6 +97,13 @@ def test_bench_writes_under_out_only_and_resumes_across_machines(tiny_bench, tmp
     run_bench("digits-ipc2", "quick", out, publish=True, **{**kwargs, "methods": ["fadrm"], "synthesis_seeds": 1})
     published = json.loads((tiny_bench / "benchmarks" / "results" / "digits-ipc2-quick.json").read_text())
     assert published["synthesis_seeds"] == [0, 1] and key(published["methods"]) == key(result["methods"])
+    # A table made by other teacher weights is not published over: its rows would be dropped.
+    table = tiny_bench / "benchmarks" / "results" / "digits-ipc2-quick.json"
+    table.write_text(json.dumps({**published, "teacher": {**published["teacher"], "weights_sha256": "0" * 64}}))
+    before = table.read_bytes()
+    with pytest.raises(RetaError, match="publishing would drop them"):
+        run_bench("digits-ipc2", "quick", out, publish=True, **kwargs)
+    assert table.read_bytes() == before
 
 
 def _row(variant, seed, student, finals, hard=None):

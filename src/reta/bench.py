@@ -160,13 +160,19 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     train, test = load_dataset(spec["data"], data_root or pipeline.default_data_root())
     for s in students:  # an unknown student architecture fails before the teacher trains
         create_model(s, train.info.num_classes, train.info.image_size)
-    teacher = pipeline.cached_teacher(train, test, recipe, dev, progress)
+    key = pipeline.teacher_key(train, recipe)
+    committed_teacher = Path.cwd() / "benchmarks" / "teachers" / key
+    # The committed teacher first: the same recipe trained on another CPU gives other weights, and
+    # rows are only reused with the weights that made them.
+    teacher = (pipeline.teacher_at(committed_teacher, train, test, recipe, dev, progress)
+               if (committed_teacher / "meta.json").is_file() else pipeline.cached_teacher(train, test, recipe, dev, progress))
+    if publish:
+        refuse_other_teacher(Path.cwd() / "benchmarks" / "results" / f"{name}.json", teacher, committed_teacher)
     if any(method == BASELINE for method, _ in variants.values()):
         pipeline.check_real_subset(train, teacher.holdout, spec["ipc"])
     for cfg in configs.values():
         pipeline.check_recover(train, teacher.holdout, cfg)
     scored_on = pipeline.score_split(train, test, teacher, split)
-    key = pipeline.teacher_key(train, recipe)
     legacy_top1 = _legacy_rows_top1([Path.cwd() / "benchmarks" / "results" / f"{name}.json", out / f"{name}.json"])
     legacy_ok = legacy_top1 == teacher.meta["test_top1"]
     # What the finished sets under OUT were made with; the variants, seeds and students are not in it,
@@ -227,11 +233,29 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
                       "rows_from_earlier_runs": sorted({r["variant"] for r in earlier}),
                       "synthesis_seeds": sorted({r["synthesis_seed"] for r in rows + earlier})}
         io.write_json(results_dir / f"{name}.json", result)
+        if teacher.path != committed_teacher:  # the table's teacher travels with its rows
+            for f in ("weights.safetensors", "meta.json"):  # meta last: it marks the folder complete
+                io.write_bytes(committed_teacher / f, (teacher.path / f).read_bytes())
         write_benchmarks_md(results_dir, Path.cwd() / "BENCHMARKS.md")
         print(f"[bench] published {results_dir / f'{name}.json'} and {len(rows)} rows; BENCHMARKS.md regenerated",
               flush=True)
     print(f"[bench] done in {result['seconds'] / 60:.1f} min -> {out}", flush=True)
     return result
+
+
+def refuse_other_teacher(table: Path, teacher, committed_teacher: Path) -> None:
+    """Publishing rows of other teacher weights than a committed table's would drop that table's
+    rows (only rows of the publishing teacher are kept), so it is refused before any work."""
+    if not table.is_file():
+        return
+    recorded = io.read_json(table).get("teacher", {})
+    sha = recorded.get("weights_sha256")
+    if sha == teacher.weights_hash or (sha is None and recorded.get("test_top1") == teacher.meta["test_top1"]):
+        return
+    made_by = f"weights {sha[:12]}" if sha else f"a teacher of test top-1 {recorded.get('test_top1')}"
+    raise RetaError(f"{table} holds rows of {made_by}, not of this teacher ({teacher.path}, weights "
+                    f"{teacher.weights_hash[:12]}): publishing would drop them; put that table's teacher in "
+                    f"{committed_teacher}, or bench without --publish")
 
 
 def _finished_row(paths: list[Path], row_key: str, teacher_sha: str, legacy_ok: bool) -> dict | None:
