@@ -51,10 +51,12 @@ INIT_DIR = "init"  # initial images per class while a run is unfinished
 FINITE_CHECK_EVERY = 50
 GREY_SAMPLE = 512  # training images inspected to decide whether a dataset is grey
 GPU_STEP_IMAGES = 400  # images per batched step on a GPU by default (8 groups of 50 ResNet-18 images at 224 px)
-# On the CPU a teacher pass costs the same per image up to ~100 images and more beyond (ConvNet-3,
-# 32 px, bf16: 2.9-3.2 ms/image at 10-100, 3.9 at 250, 4.4 at 500; benchmarks/results/step-cost.txt),
-# so groups stepped together (a joint method's class block) go through the teacher in passes of this size.
-CPU_PASS_IMAGES = 100
+# On the CPU a teacher pass's cost per image depends on the pass size and the precision (ConvNet-3,
+# 32 px; benchmarks/results/step-cost*.txt): with native bf16 2.9-3.2 ms/image at 10-100 images, 3.9
+# at 250, 4.4 at 500; in fp32 (an AVX2-only CPU, where auto precision is fp32) 3.4 at 10, 3.5 at 50,
+# 4.3 at 100, 5.9 at 500. Groups stepped together (a joint method's class block) go through the
+# teacher in passes of at most this many images, by autocast dtype (None: fp32).
+CPU_PASS_IMAGES: dict[torch.dtype | None, int] = {torch.bfloat16: 100, None: 10}
 # Augmented views over which the CE + BN gradient norm is averaged (RMS) for the gradient ratio
 # recorded at a group's start: 7 extra teacher passes there, ~1 % of a RETA recover at IPC 10.
 GRAD_RATIO_VIEWS = 8
@@ -342,7 +344,7 @@ class Recover:
             return [(x, {"stages": [], **r}) for x, r in zip(xs, records)]
         gens = [torch.Generator().manual_seed(derive_seed(cfg.seed, "group", g.key)) for g in groups]
         splits = [len(g.slots) for g in groups]
-        passes = teacher_passes(splits, None if self.dev.type == "cuda" else CPU_PASS_IMAGES)
+        passes = teacher_passes(splits, None if self.dev.type == "cuda" else CPU_PASS_IMAGES.get(self.dtype, CPU_PASS_IMAGES[None]))
         pass_splits = [[splits[i] for i in part] for part in passes]
         for term in self.method.terms:
             with self.timer(term.name):
@@ -512,9 +514,9 @@ class Recover:
         return plan_groups(self.info.num_classes, self.cfg.ipc, self.cfg.batch_size, self.cfg.batch_composition)
 
     def groups_per_step(self) -> int:
-        """Groups optimised together in one step. 0 = by device: on the CPU 1 (per image, a pass of
-        10 images costs within ~10 % of one of 100) or, for a joint method, its whole class block,
-        which goes through the teacher in passes of at most CPU_PASS_IMAGES images
+        """Groups optimised together in one step. 0 = by device: on the CPU 1 (a pass of 10 images costs
+        no more per image than a larger one) or, for a joint method, its whole class block,
+        which goes through the teacher in passes of at most CPU_PASS_IMAGES[dtype] images
         (`teacher_passes`); on a GPU
         as many as keep one step under about GPU_STEP_IMAGES images, so kernel launches are
         amortised without running out of memory."""
