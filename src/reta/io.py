@@ -106,6 +106,10 @@ def versions() -> dict[str, str]:
             out[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - a missing optional library is recorded, not fatal
             out[name] = "absent"
+    from reta.runtime import cpu_has_bf16
+
+    # precision=auto resolves to bf16 on a CPU with native bf16 and to fp32 without: other numbers
+    out["cpu_native_bf16"] = str(cpu_has_bf16())
     out["git_commit"] = git_commit()
     return out
 
