@@ -22,7 +22,7 @@ from pathlib import Path
 
 def ratios(preset_name: str, seeds: list[int], cache: Path) -> dict:
     from reta import pipeline
-    from reta.bench import presets, tier_settings, variant_config
+    from reta.bench import bench_teacher, presets, tier_settings, variant_config
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
     from reta.recover.loop import Recover
@@ -31,7 +31,7 @@ def ratios(preset_name: str, seeds: list[int], cache: Path) -> dict:
     spec, settings = presets()[preset_name], tier_settings("full")
     train, test = load_dataset(spec["data"], pipeline.default_data_root())
     dev = device()
-    teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
+    teacher = bench_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev)
     runs = []
     for seed in seeds:
         # One step of the first stage: the ratio is recorded at step 0 and nothing later changes it.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from reta import io, pipeline
-from reta.bench import presets, tier_settings, variant_config
+from reta.bench import bench_teacher, presets, tier_settings, variant_config
 from reta.config import SqueezeConfig, build
 from reta.data import load_dataset
 from reta.recover import distill
@@ -37,7 +37,7 @@ def main() -> None:
     spec, settings = presets()[args.preset], tier_settings("full")
     train, test = load_dataset(spec["data"], pipeline.default_data_root())
     dev = device()
-    teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
+    teacher = bench_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev)
     def timed(method: str, seed: int, out: Path, cache: Path) -> dict:
         cfg = variant_config(method, spec, settings, seed)
         t0 = time.time()

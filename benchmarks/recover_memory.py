@@ -29,7 +29,7 @@ def peak_mb() -> float:
 
 def child(preset_name: str, method: str, seed: int, cache: Path) -> dict:
     from reta import pipeline
-    from reta.bench import presets, tier_settings, variant_config
+    from reta.bench import bench_teacher, presets, tier_settings, variant_config
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
     from reta.recover import distill
@@ -38,7 +38,7 @@ def child(preset_name: str, method: str, seed: int, cache: Path) -> dict:
     spec, settings = presets()[preset_name], tier_settings("full")
     train, test = load_dataset(spec["data"], pipeline.default_data_root())
     dev = device()
-    teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
+    teacher = bench_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev)
     cfg = variant_config(method, spec, settings, seed)
     before = peak_mb()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--preset", default="imagenette32-ipc10")
     parser.add_argument("--methods", default="fadrm,reta")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--cache", default="~/.cache/reta", help="cache root holding the teacher's pool")
+    parser.add_argument("--cache", default="~/.cache/reta", help="cache root holding the pool")
     parser.add_argument("--out", default=None, help="default benchmarks/results/recover-memory-PRESET.json")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

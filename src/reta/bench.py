@@ -162,10 +162,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         create_model(s, train.info.num_classes, train.info.image_size)
     key = pipeline.teacher_key(train, recipe)
     committed_teacher = Path.cwd() / "benchmarks" / "teachers" / key
-    # The committed teacher first: the same recipe trained on another CPU gives other weights, and
-    # rows are only reused with the weights that made them.
-    teacher = (pipeline.teacher_at(committed_teacher, train, test, recipe, dev, progress)
-               if (committed_teacher / "meta.json").is_file() else pipeline.cached_teacher(train, test, recipe, dev, progress))
+    teacher = bench_teacher(train, test, recipe, dev, progress)
     if publish:
         refuse_other_teacher(Path.cwd() / "benchmarks" / "results" / f"{name}.json", teacher, committed_teacher)
     if any(method == BASELINE for method, _ in variants.values()):
@@ -241,6 +238,17 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
               flush=True)
     print(f"[bench] done in {result['seconds'] / 60:.1f} min -> {out}", flush=True)
     return result
+
+
+def bench_teacher(train, test, recipe: SqueezeConfig, dev: torch.device, progress: bool = False):
+    """The teacher a bench table is made with: the one committed in ./benchmarks/teachers/<key>/
+    if there is one, else the cache's (trained there if absent). The committed one comes first
+    because the same recipe trained on another CPU gives other weights, and rows are only reused
+    with the weights that made them."""
+    committed = Path.cwd() / "benchmarks" / "teachers" / pipeline.teacher_key(train, recipe)
+    if (committed / "meta.json").is_file():
+        return pipeline.teacher_at(committed, train, test, recipe, dev, progress)
+    return pipeline.cached_teacher(train, test, recipe, dev, progress)
 
 
 def refuse_other_teacher(table: Path, teacher, committed_teacher: Path) -> None:

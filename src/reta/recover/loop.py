@@ -447,7 +447,7 @@ class Recover:
         views: the step's own view (norm `one_view`) and views drawn from generators of their own, so
         the run's images do not change. One view is a noisy scale: at the RDED start the view's CE
         ranges 0.1-4.3 over the groups of one imagenette32 run and the gradient norm with it (0.07 to
-        0.42, while the PTA gradient stays at 0.48-0.78), and Adam's step scale follows the gradient's
+        0.42, while the extra term's gradient stays at 0.48-0.78), and Adam's step scale follows the gradient's
         RMS over steps, i.e. over views."""
         gens = [torch.Generator().manual_seed(derive_seed(self.cfg.seed, "grad-ratio-views", g.key)) for g in groups]
         squares = [n ** 2 for n in one_view]
