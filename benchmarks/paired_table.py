@@ -16,18 +16,16 @@ import argparse
 from pathlib import Path
 
 from reta import io
-from reta.bench import aggregate
-from reta.evaluate.train import mean_std
+from reta.bench import aggregate, paired_delta
 
 
-def paired(a: dict, ref: dict) -> str:
-    """Mean ± std of the per-synthesis-seed differences of a's top-1 to ref's, in points."""
-    diffs = [a["top1_per_synthesis_seed"][s] - ref["top1_per_synthesis_seed"][s]
-             for s in a["top1_per_synthesis_seed"] if s in ref["top1_per_synthesis_seed"]]
-    if a is ref or not diffs:
+def paired(a: dict, ref: dict | None) -> str:
+    """The per-synthesis-seed paired difference of a's top-1 to ref's, in points."""
+    delta = None if ref is None or a is ref else paired_delta(a, ref)
+    if delta is None:
         return "–"
-    mean, std = mean_std(diffs)
-    return f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if len(diffs) > 1 else "")
+    mean, std, _ = delta
+    return f"{100 * mean:+.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def main() -> None:
@@ -51,7 +49,7 @@ def main() -> None:
         seeds = ", ".join(f"{100 * v:.2f}" for _, v in sorted(a["top1_per_synthesis_seed"].items()))
         ref = table.get((args.baseline, student))
         print(f"| {variant} | {student} | {len(a['synthesis_seeds'])} | {100 * s['top1_final_mean']:.2f} ± "
-              f"{100 * s['top1_final_std']:.2f} | {seeds} | {paired(a, ref) if ref else '–'} |")
+              f"{100 * s['top1_final_std']:.2f} | {seeds} | {paired(a, ref)} |")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     for s in students:  # an unknown student architecture fails before the teacher trains
         create_model(s, train.info.num_classes, train.info.image_size)
     key = pipeline.teacher_key(train, recipe)
-    committed_teacher = Path.cwd() / "benchmarks" / "teachers" / key
+    committed_teacher = committed_teacher_dir(key)
     teacher = bench_teacher(train, test, recipe, dev, progress)
     if publish:
         refuse_other_teacher(Path.cwd() / "benchmarks" / "results" / f"{name}.json", teacher, committed_teacher)
@@ -240,12 +240,16 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
     return result
 
 
+def committed_teacher_dir(key: str) -> Path:
+    return Path.cwd() / "benchmarks" / "teachers" / key
+
+
 def bench_teacher(train, test, recipe: SqueezeConfig, dev: torch.device, progress: bool = False):
     """The teacher a bench table is made with: the one committed in ./benchmarks/teachers/<key>/
     if there is one, else the cache's (trained there if absent). The committed one comes first
     because the same recipe trained on another CPU gives other weights, and rows are only reused
     with the weights that made them."""
-    committed = Path.cwd() / "benchmarks" / "teachers" / pipeline.teacher_key(train, recipe)
+    committed = committed_teacher_dir(pipeline.teacher_key(train, recipe))
     if (committed / "meta.json").is_file():
         return pipeline.teacher_at(committed, train, test, recipe, dev, progress)
     return pipeline.cached_teacher(train, test, recipe, dev, progress)
@@ -351,15 +355,23 @@ def aggregate(rows: list[dict], teacher_top1: float) -> list[dict]:
                                           a["hard"]["top1_final_mean"] if a["hard"] else None, teacher_top1)
         a.update(scores, delta_vs_random=scores["ior"])
         if ref is not None:
-            paired = [a["top1_per_synthesis_seed"][s] - ref["top1_per_synthesis_seed"][s]
-                      for s in a["top1_per_synthesis_seed"] if s in ref["top1_per_synthesis_seed"]]
+            paired = paired_delta(a, ref)
             if paired:
-                mean, std = mean_std(paired)
-                a.update(delta_vs_fadrm=mean, delta_vs_fadrm_std=std if len(paired) > 1 else None,
-                         paired_seeds=len(paired))
+                a.update(delta_vs_fadrm=paired[0], delta_vs_fadrm_std=paired[1], paired_seeds=paired[2])
             if a["recover_seconds"] and ref["recover_seconds"]:
                 a["time_vs_fadrm"] = a["recover_seconds"] / ref["recover_seconds"]
     return out
+
+
+def paired_delta(a: dict, ref: dict) -> tuple[float, float | None, int] | None:
+    """Mean and std (None with one seed) of a's top-1 minus ref's per shared synthesis seed, and the
+    number of seeds; None when they share none. Entries as `aggregate` makes them."""
+    diffs = [a["top1_per_synthesis_seed"][s] - ref["top1_per_synthesis_seed"][s]
+             for s in a["top1_per_synthesis_seed"] if s in ref["top1_per_synthesis_seed"]]
+    if not diffs:
+        return None
+    mean, std = mean_std(diffs)
+    return mean, std if len(diffs) > 1 else None, len(diffs)
 
 
 def _compute_seconds(rows: list[dict]) -> float:
