@@ -451,6 +451,23 @@ def test_reta_aligns_to_the_same_real_reference_as_pta(digits, digits_teacher, t
     assert all(torch.equal(a, b) for a, b in zip(refs["pta"].signature, refs["reta"].signature))
 
 
+def test_pta_reference_of_patches_is_built_from_the_rded_patches(digits, digits_teacher, tmp_path):
+    """pta.reference=patches: the cutoff comes from the patch features, which are not the images'."""
+    from reta import topology
+    from reta.recover.loop import Recover
+
+    train, _ = digits
+    cfg = build(RecoverConfig, base={**preset("pta"), "ipc": 4, "iterations": 8, "batch_size": 10, "rded_candidates": 20},
+                flags={"pta.reference": "patches"})
+    run = Recover(train, [digits_teacher], cfg, tmp_path / "run", CPU, cache_dir=tmp_path / "cache", progress=False)
+    term = next(t for t in run.method.terms if t.name == "pta")
+    size = run.sizes[0]
+    patch_z, image_z = (pool.get(3)[f"z{size}"] for pool in (term.ctx.patch_pool, term.ctx.real_pool))
+    assert not torch.allclose(patch_z, image_z)
+    assert term.reference(3, size).kappa == pytest.approx(float(topology.class_cutoff(patch_z)))
+    assert term.reference(3, size).kappa != pytest.approx(float(topology.class_cutoff(image_z)))
+
+
 def test_pixel_correlation_known_answers():
     from reta.recover.loop import pixel_correlation
 

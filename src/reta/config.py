@@ -158,6 +158,10 @@ class PTAConfig:
     # live: a class's slots are stepped together, so its whole synthetic cloud moves (the loop
     # batches a class block's groups); group: only the group's slots move, the rest stay at init.
     cloud: Literal["live", "group"] = "live"
+    # What the real reference is made of: `images`, the class's whole real images, or `patches`,
+    # each image's RDED patch (its most confident crop, what FADRM's anchors and inits are), whose
+    # features sit closer to the class core than whole images do.
+    reference: Literal["images", "patches"] = "images"
     infinite_bars: Literal["one", "max_edge", "drop"] = "one"
     class_reduction: Literal["sum", "mean"] = "sum"  # sum (paper) | mean over the classes in the batch, like CE
     min_points: int = 4  # H1 needs >= 4 points; PTA is off for smaller clouds
@@ -166,7 +170,7 @@ class PTAConfig:
         _non_negative(self, "weight", "gamma", "margin", "until_stage")
         _positive(self, "k", "grid", "reference_subsets", "every")
         _check(self.min_points >= 2, "min_points", self.min_points, "must be at least 2")
-        for name in ("distance", "infinite_bars", "class_reduction", "cloud"):
+        for name in ("distance", "infinite_bars", "class_reduction", "cloud", "reference"):
             _enum(self, name)
 
 

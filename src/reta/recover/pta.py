@@ -42,9 +42,10 @@ class TopologyTerm(Term):
     def reference(self, c: int, size: int) -> topology.Reference:
         """Class c's real reference at stage size `size`, for clouds of ipc points (computed once)."""
         if (c, size) not in self._refs:
-            # Whole real images, whatever DRC retrieves: the target is the real data's topology, and
-            # RETA's PTA must be the PTA of the pta ablation (drc.pool=patches once changed it).
-            z = self.ctx.real_pool.get(c)[f"z{size}"].to(self.ctx.dev)
+            # Chosen by pta.reference alone, whatever DRC retrieves: RETA's PTA must be the PTA of the
+            # pta ablation (drc.pool=patches once changed it).
+            pool = self.ctx.patch_pool if self.cfg.reference == "patches" else self.ctx.real_pool
+            z = pool.get(c)[f"z{size}"].to(self.ctx.dev)
             g = torch.Generator().manual_seed(derive_seed(self.ctx.cfg.seed, "pta-ref", c, size))
             cfg = self.cfg
             self._refs[(c, size)] = topology.build_reference(

@@ -93,9 +93,14 @@ class Context:
         return self._pool(0)
 
     @functools.cached_property
+    def patch_pool(self):
+        """Each real image's RDED patch (the lowest-CE of rded_crops random crops), with features."""
+        return self._pool(self.cfg.rded_crops)
+
+    @functools.cached_property
     def pool(self):
         """DRC's candidate pool: the real pool itself, or each image's RDED patch (drc.pool=patches)."""
-        return self._pool(self.cfg.rded_crops) if self.cfg.drc.pool == "patches" else self.real_pool
+        return self.patch_pool if self.cfg.drc.pool == "patches" else self.real_pool
 
 
 class Anchor:
@@ -177,7 +182,7 @@ class MethodSpec:
 # before it (checked byte for byte when the field was added). At that value a field is left out of
 # a run's identity, so the finished sets and benchmark rows of that code stay valid.
 NEUTRAL_LATER_FIELDS = {"drc": {"fit": "anchor", "first_connection": 1, "confident_per_slot": 0},
-                        "pta": {"margin": 0.0, "until_stage": 0}}
+                        "pta": {"margin": 0.0, "until_stage": 0, "reference": "images"}}
 
 
 def result_config(cfg: RecoverConfig) -> dict[str, Any]:
