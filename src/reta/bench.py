@@ -162,7 +162,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
         create_model(s, train.info.num_classes, train.info.image_size)
     key = pipeline.teacher_key(train, recipe)
     committed_teacher = committed_teacher_dir(key)
-    teacher = bench_teacher(train, test, recipe, dev, progress)
+    teacher = teacher_of_key(key, train, test, recipe, dev, progress)
     if publish:
         refuse_other_teacher(Path.cwd() / "benchmarks" / "results" / f"{name}.json", teacher, committed_teacher)
     if any(method == BASELINE for method, _ in variants.values()):
@@ -245,14 +245,18 @@ def committed_teacher_dir(key: str) -> Path:
 
 
 def bench_teacher(train, test, recipe: SqueezeConfig, dev: torch.device, progress: bool = False):
-    """The teacher a bench table is made with: the one committed in ./benchmarks/teachers/<key>/
-    if there is one, else the cache's (trained there if absent). The committed one comes first
-    because the same recipe trained on another CPU gives other weights, and rows are only reused
-    with the weights that made them."""
-    committed = committed_teacher_dir(pipeline.teacher_key(train, recipe))
-    if (committed / "meta.json").is_file():
-        return pipeline.teacher_at(committed, train, test, recipe, dev, progress)
-    return pipeline.cached_teacher(train, test, recipe, dev, progress)
+    """The teacher a bench table is made with (see teacher_of_key)."""
+    return teacher_of_key(pipeline.teacher_key(train, recipe), train, test, recipe, dev, progress)
+
+
+def teacher_of_key(key: str, train, test, recipe: SqueezeConfig, dev: torch.device, progress: bool):
+    """The teacher of teacher_key `key`: the one committed in ./benchmarks/teachers/<key>/ if there
+    is one, else the cache's (trained there if absent). The committed one comes first because the
+    same recipe trained on another CPU gives other weights, and rows are only reused with the
+    weights that made them. The key is taken, not recomputed: it hashes the whole training set."""
+    committed = committed_teacher_dir(key)
+    folder = committed if (committed / "meta.json").is_file() else pipeline.cached_teacher_dir(key)
+    return pipeline.teacher_at(folder, train, test, recipe, dev, progress)
 
 
 def refuse_other_teacher(table: Path, teacher, committed_teacher: Path) -> None:
@@ -357,7 +361,8 @@ def aggregate(rows: list[dict], teacher_top1: float) -> list[dict]:
         if ref is not None:
             paired = paired_delta(a, ref)
             if paired:
-                a.update(delta_vs_fadrm=paired[0], delta_vs_fadrm_std=paired[1], paired_seeds=paired[2])
+                mean, std, seeds = paired
+                a.update(delta_vs_fadrm=mean, delta_vs_fadrm_std=std, paired_seeds=seeds)
             if a["recover_seconds"] and ref["recover_seconds"]:
                 a["time_vs_fadrm"] = a["recover_seconds"] / ref["recover_seconds"]
     return out

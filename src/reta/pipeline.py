@@ -102,10 +102,15 @@ def teacher_key(train: ImageSet, recipe: SqueezeConfig) -> str:
     return io.sha256_json({"data": train.content_hash(), "recipe": dataclasses.asdict(recipe)})[:16]
 
 
+def cached_teacher_dir(key: str) -> Path:
+    """Where the user cache keeps the teacher of this teacher_key."""
+    return default_cache_dir() / "teachers" / key
+
+
 def cached_teacher(train: ImageSet, test: ImageSet, recipe: SqueezeConfig, dev: torch.device,
                    progress: bool) -> Teacher:
     """One teacher per data + recipe in the user cache, shared by every bench invocation."""
-    return teacher_at(default_cache_dir() / "teachers" / teacher_key(train, recipe), train, test, recipe, dev, progress)
+    return teacher_at(cached_teacher_dir(teacher_key(train, recipe)), train, test, recipe, dev, progress)
 
 
 # -- distilled sets --------------------------------------------------------------------------------
