@@ -1,0 +1,78 @@
+"""Re-score finished bench sets with a longer student budget: does the full tier's 60-epoch
+student compress the difference between methods? (The paper trains students 300-1,000 epochs.)
+
+    .venv/bin/python benchmarks/student_budget.py imagenette32-ipc10 \
+        benchmarks/results/epyc-avx2-2026-12-03/imagenette32-ipc10-full-holdout \
+        --variants fadrm,reta --synthesis-seeds 3 --epochs 300 --split holdout
+
+BENCH_DIR is a `reta bench --tier full` folder: its distilled sets are read from
+BENCH_DIR/<variant>/seed<N>-<hash>/distilled (distilled there first if missing, exactly as bench
+would), so only the students are trained. Everything else is the full tier's protocol; only
+`epochs` changes (`eval_every` scales with it, so each run has as many held-out evaluations).
+Rows in bench's format go to BENCH_DIR-e<EPOCHS>/rows/, one per (variant, seed, student), as
+soon as each is finished; a rerun skips finished rows. Read them with benchmarks/paired_table.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def main() -> None:
+    from reta import io, pipeline
+    from reta.bench import (_finished_row, _score_row, presets, protocol, row_file, row_identity, teacher_of_key,
+                            tier_settings, variant_config)
+    from reta.config import SqueezeConfig, build
+    from reta.data import load_dataset
+    from reta.recover import result_config
+    from reta.runtime import device
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset")
+    parser.add_argument("bench_dir", type=Path)
+    parser.add_argument("--variants", default="fadrm,reta")
+    parser.add_argument("--synthesis-seeds", type=int, default=3)
+    parser.add_argument("--seeds", default=None, help="comma-separated synthesis seeds (overrides --synthesis-seeds)")
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--student", default="convnet3")
+    parser.add_argument("--split", choices=["test", "holdout"], default="holdout")
+    args = parser.parse_args()
+
+    spec, settings = presets()[args.preset], tier_settings("full")
+    base_epochs = settings["protocol"]["epochs"]
+    settings = {**settings, "protocol": {**settings["protocol"], "epochs": args.epochs,
+                                         "eval_every": settings["protocol"]["eval_every"] * args.epochs // base_epochs}}
+    soft = protocol(settings, args.student, "online")
+    train, test = load_dataset(spec["data"], pipeline.default_data_root())
+    dev = device()
+    recipe = build(SqueezeConfig, base=settings["teacher"])
+    key = pipeline.teacher_key(train, recipe)
+    teacher = teacher_of_key(key, train, test, recipe, dev, progress=False)
+    scored_on = pipeline.score_split(train, test, teacher, args.split)
+    out = args.bench_dir.parent / f"{args.bench_dir.name}-e{args.epochs}"
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(args.synthesis_seeds))
+    for seed in seeds:
+        for label in args.variants.split(","):
+            cfg = variant_config(label, spec, settings, seed)
+            tag = f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}"
+            identity = row_identity(label, seed, args.student, args.split, key, cfg, soft, None)
+            row_key = io.sha256_json(identity)[:16]
+            fname = row_file(label, seed, args.student)
+            if _finished_row([out / "rows" / fname], row_key, teacher.weights_hash, legacy_ok=False):
+                print(f"[student-budget] {label} seed {seed}: done before", flush=True)
+                continue
+            loaded = pipeline.distilled(train, [teacher], cfg, args.bench_dir / label / tag / "distilled", dev,
+                                        progress=False)
+            row = _score_row(identity, row_key, loaded, scored_on, soft, None, teacher, dev, out / label / tag,
+                             progress=False)
+            io.write_json(out / "rows" / fname, row)
+            s = row["soft"]
+            print(f"[student-budget] {label} seed {seed} ({args.epochs} epochs): {100 * s['top1_final_mean']:.2f} ± "
+                  f"{100 * s['top1_final_std']:.2f} in {s['seconds']:.0f} s", flush=True)
+    print(f"[student-budget] rows in {out / 'rows'}; protocol {dataclasses.asdict(soft)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
