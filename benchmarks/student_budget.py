@@ -22,7 +22,7 @@ from pathlib import Path
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import (_finished_row, _score_row, presets, protocol, row_file, row_identity, teacher_of_key,
+    from reta.bench import (finished_row, score_row, presets, protocol, row_file, row_identity, teacher_of_key,
                             tier_settings, variant_config)
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
@@ -60,12 +60,12 @@ def main() -> None:
             identity = row_identity(label, seed, args.student, args.split, key, cfg, soft, None)
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, args.student)
-            if _finished_row([out / "rows" / fname], row_key, teacher.weights_hash, legacy_ok=False):
+            if finished_row([out / "rows" / fname], row_key, teacher.weights_hash, legacy_ok=False):
                 print(f"[student-budget] {label} seed {seed}: done before", flush=True)
                 continue
             loaded = pipeline.distilled(train, [teacher], cfg, args.bench_dir / label / tag / "distilled", dev,
                                         progress=False)
-            row = _score_row(identity, row_key, loaded, scored_on, soft, None, teacher, dev, out / label / tag,
+            row = score_row(identity, row_key, loaded, scored_on, soft, None, teacher, dev, out / label / tag,
                              progress=False)
             io.write_json(out / "rows" / fname, row)
             s = row["soft"]

@@ -178,12 +178,12 @@ def test_a_row_from_other_teacher_weights_is_not_reused(tmp_path):
     """One teacher recipe trained on another CPU gives other weights; its rows must be recomputed,
     not mixed into this teacher's table. Rows from before rows named their teacher's weights are
     reused only if their table's teacher scored what this one scores."""
-    from reta.bench import _finished_row, _legacy_rows_top1, same_teacher
+    from reta.bench import finished_row, _legacy_rows_top1, same_teacher
 
     row = tmp_path / "row.json"
     row.write_text(json.dumps({"key": "k", "teacher_sha256": "aaa"}))
-    assert _finished_row([row], "k", "aaa", legacy_ok=False) is not None
-    assert _finished_row([row], "k", "bbb", legacy_ok=True) is None
+    assert finished_row([row], "k", "aaa", legacy_ok=False) is not None
+    assert finished_row([row], "k", "bbb", legacy_ok=True) is None
     assert same_teacher({"key": "k"}, "bbb", legacy_ok=True) and not same_teacher({"key": "k"}, "bbb", legacy_ok=False)
 
     table = tmp_path / "table.json"

@@ -191,12 +191,12 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
             identity = row_identity(label, seed, student, split, key, cfg, soft[student], hard if i == 0 else None)
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, student)
-            row = _finished_row([out / "rows" / fname, committed / fname], row_key, teacher.weights_hash, legacy_ok)
+            row = finished_row([out / "rows" / fname, committed / fname], row_key, teacher.weights_hash, legacy_ok)
             if row is None:
                 if loaded is None:
                     loaded = pipeline.distilled(train, [teacher], cfg, run_dir / "distilled", dev, progress)
-                row = _score_row(identity, row_key, loaded, scored_on, soft[student], hard if i == 0 else None,
-                                 teacher, dev, run_dir, progress)
+                row = score_row(identity, row_key, loaded, scored_on, soft[student], hard if i == 0 else None,
+                                teacher, dev, run_dir, progress)
             io.write_json(out / "rows" / fname, row)
             if publish:  # at once, so rows can be committed while a long bench is still running
                 io.write_json(committed / fname, row)
@@ -274,7 +274,9 @@ def refuse_other_teacher(table: Path, teacher, committed_teacher: Path) -> None:
                     f"{committed_teacher}, or bench without --publish")
 
 
-def _finished_row(paths: list[Path], row_key: str, teacher_sha: str, legacy_ok: bool) -> dict | None:
+def finished_row(paths: list[Path], row_key: str, teacher_sha: str, legacy_ok: bool) -> dict | None:
+    """The first row in `paths` with this row key made by the teacher whose weights hash to
+    `teacher_sha`, or None: a row is only reused with the weights that made it."""
     for path in paths:
         if path.is_file():
             row = io.read_json(path)
@@ -294,8 +296,10 @@ def _legacy_rows_top1(results: list[Path]) -> float | None:
     return None
 
 
-def _score_row(identity: dict, row_key: str, loaded, scored_on, protocol: EvalProtocol, hard: EvalProtocol | None,
-               teacher, dev, run_dir: Path, progress: bool) -> dict:
+def score_row(identity: dict, row_key: str, loaded, scored_on, protocol: EvalProtocol, hard: EvalProtocol | None,
+              teacher, dev, run_dir: Path, progress: bool) -> dict:
+    """One bench row: `loaded` (a distilled set and its manifest) scored by the soft-label
+    protocol, and by the hard-label one if given, with the recover diagnostics bench reports."""
     syn, manifest = loaded
     common = {"method": identity["variant"], "ipc": int(manifest["ipc"]), "progress": progress, "keep_runs": False}
     soft = pipeline.evaluation(run_dir / f"eval-{protocol.student}-online.json", syn, scored_on, protocol, dev,
