@@ -9,7 +9,7 @@ import torch
 from reta.cli import main
 from reta.config import RecoverConfig, build
 from reta.recover import distill, preset
-from reta.reports import cloud_topology, topology_report
+from reta.reports import cloud_topology, results_table, topology_report
 
 CPU = torch.device("cpu")
 SQUARE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
@@ -76,3 +76,13 @@ def test_report_for_reta_and_fadrm(digits, digits_teacher, tmp_path, capsys):
     assert "no PTA term in this run" in text and "n/a (no DRC selections)" in text
     assert not (out / "anchors.png").exists()
     assert (out / "betti_curves.png").is_file() and (out / "diagrams.png").is_file()
+
+
+@pytest.mark.parametrize("splits, header", [([None, "test"], "best-epoch (test-selected)"),
+                                            (["holdout", "holdout"], "best-epoch (holdout-selected)")])
+def test_best_epoch_header_names_the_split_it_was_selected_on(splits, header):
+    # A held-out study's best epoch is chosen on held-out images: calling it test selection misreports it.
+    rows = [{"method": m, "top1": (0.5, 0.01), "best": 0.52, "split": s} for m, s in zip(("fadrm", "reta"), splits)]
+    first_line = results_table(rows).splitlines()[0]
+    assert header in first_line
+    assert ("test" in first_line) == (header.endswith("(test-selected)"))

@@ -416,6 +416,7 @@ def table_rows(result: dict) -> list[dict]:
     """Rows for the shared table renderer; also reads the first-format results (one student, one synthesis seed)."""
     default_student = result["protocol_soft"]["student"]
     students = result.get("students", [default_student])
+    split = result.get("split", "test")
 
     def order(r: dict) -> tuple:
         method, *sets = r["method"].split("+")
@@ -427,7 +428,7 @@ def table_rows(result: dict) -> list[dict]:
     for r in sorted(result["methods"], key=order):
         s, h = r["soft"], r.get("hard")
         rows.append({
-            "method": r["method"], "student": r.get("student", default_student),
+            "method": r["method"], "student": r.get("student", default_student), "split": split,
             "top1": (s["top1_final_mean"], s["top1_final_std"]), "delta_random": r.get("delta_vs_random"),
             "delta_fadrm": r.get("delta_vs_fadrm"), "delta_fadrm_std": r.get("delta_vs_fadrm_std"),
             "hard": (h["top1_final_mean"], h["top1_final_std"]) if h else None,

@@ -273,10 +273,11 @@ def run_set(*, train: ImageSet, scored_on: ImageSet, teacher: Teacher, folder: P
 
 def table_rows(result: dict) -> list[dict]:
     """Rows for `reports.results_table` from a `run_set` result: the set per student, then its random baseline."""
+    split = result.get("split", "test")
     rows = []
     for s in result["students"]:
         r = s["result"]
-        rows.append({"method": r["method"], "student": s["student"], "ipc": r["ipc"],
+        rows.append({"method": r["method"], "student": s["student"], "ipc": r["ipc"], "split": split,
                      "top1": (r["top1_final_mean"], r["top1_final_std"]),
                      "delta_random": s["ior"],
                      "hard": (s["hard"]["top1_final_mean"], s["hard"]["top1_final_std"]) if s["hard"] else None,
@@ -287,7 +288,7 @@ def table_rows(result: dict) -> list[dict]:
                      "seconds": r["seconds"]})
         b = s["baseline_random"]
         if b:
-            rows.append({"method": "random (baseline)", "student": s["student"], "ipc": b["ipc"],
+            rows.append({"method": "random (baseline)", "student": s["student"], "ipc": b["ipc"], "split": split,
                          "top1": (b["top1_final_mean"], b["top1_final_std"]), "best": b["top1_best_mean"],
                          "seconds": b["seconds"]})
     return rows

@@ -70,7 +70,7 @@ COLUMNS = [
     ("HLR", ("hlr",), lambda r: _pct(r.get("hlr"))),
     ("IOR", ("ior",), lambda r: _pct(r.get("ior"), signed=True)),
     ("LRS ×100", ("lrs",), lambda r: _pct(r.get("lrs"))),
-    ("best-epoch (test-selected)", ("best",), lambda r: _pct(r.get("best"))),
+    ("best-epoch ({split}-selected)", ("best",), lambda r: _pct(r.get("best"))),
     ("s / image", ("s_per_image",), _number("s_per_image", ".3f")),
     ("shared anchors", ("shared_anchor",), _number("shared_anchor", ".2f")),
     ("DRC / PTA share of recover", ("drc_share", "pta_share"), _shares),
@@ -83,13 +83,16 @@ def results_table(rows: list[dict]) -> str:
     """The one results table (CLI, run/demo reports, BENCHMARKS.md), as Markdown.
 
     Rows are dicts with any of the keys named in COLUMNS (accuracies as fractions, `top1` and
-    `hard` as (mean, std)); a column no row fills is left out, and so is `student` when every row
-    has the same one.
+    `hard` as (mean, std)) and `split`, the split they were scored on (default test), which the
+    best-epoch header names since that column is selected on it; a column no row fills is left
+    out, and so is `student` when every row has the same one.
     """
     students = {r.get("student") for r in rows}
+    splits = sorted({r.get("split") or "test" for r in rows})
     cols = [c for c in COLUMNS if any(r.get(k) is not None for r in rows for k in c[1])
             and not (c[0] == "student" and len(students) < 2)]
-    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    headers = [c[0].format(split="/".join(splits)) for c in cols]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(c[2](r) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -129,7 +132,7 @@ def run_report(out: Path, result: dict, images: ImageSet, table: str, settings: 
         + f"; columns: {'the first ' + str(per_class) + ' of ' if per_class < ipc else ''}the {ipc} images per class.", "",
         "## Details", "",
         f"Top-1 on the {split} split after the last student epoch, mean ± sample std over student seeds; the "
-        "best-epoch column is test-set selection, shown only for comparison with papers.", "",
+        f"best-epoch column is selected on the {split} split, shown only for comparison with papers.", "",
         table, "",
         "Settings (the resolved configs are in config.json):", "",
         *(f"- {name}: " + ", ".join(f"{k}={v}" for k, v in sorted(values.items())) for name, values in settings.items()),

@@ -163,7 +163,7 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
     """Train `protocol.student` on `train_set`, test on `test`; accuracies are fractions.
 
     Returns {"top1_final" (after the last epoch: the headline), "top1_best" and "best_epoch" (best
-    periodic evaluation, test-set selection: secondary), "curve" [(epoch, top1)], "seed",
+    periodic evaluation, selected on the scored split: secondary), "curve" [(epoch, top1)], "seed",
     "seconds", "peak_memory_mb"}. Epochs in the curve count from 1. In stored mode the batch
     order and views come from the store, so `seed` only sets the initialisation.
     `ctx`: a `reta.dist.DistContext`; with world > 1 the student trains with DDP (module docstring).
@@ -239,7 +239,7 @@ def evaluate(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: E
 
     `seeds`: a count n (seeds 0..n-1), an explicit list, or None for `protocol.seeds` seeds.
     Headline: top1_final_mean / top1_final_std (see `std_kind`); top1_best_* are best-epoch
-    numbers (test-set selection) kept only for comparison with published tables.
+    numbers (selected on the scored split) kept only for comparison with published tables.
     """
     seeds = protocol.seeds if seeds is None else seeds
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
@@ -257,7 +257,8 @@ def evaluate(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: E
             "top1_final_per_seed": finals,
             "top1_best_mean": best_mean, "top1_best_std": best_std, "top1_best_per_seed": bests,
             "best_epoch_per_seed": [r["best_epoch"] for r in runs],
-            "best_note": f"best of test evaluations every {eval_period(protocol)} epochs (test-set selection)",
+            "best_note": (f"best of the scored split's evaluations every {eval_period(protocol)} epochs "
+                          "(selected on that split, so not an unbiased estimate)"),
             "seeds": seed_list, "seconds": sum(r["seconds"] for r in runs),
             "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
             "protocol": dataclasses.asdict(protocol), "runs": runs}
