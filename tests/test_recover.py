@@ -468,6 +468,35 @@ def test_pta_reference_of_patches_is_built_from_the_rded_patches(digits, digits_
     assert term.reference(3, size).kappa != pytest.approx(float(topology.class_cutoff(image_z)))
 
 
+def test_most_confident_known_answers():
+    from reta.retrieval.pool import most_confident
+
+    ce = torch.tensor([0.5, 0.1, 0.9, 0.1, 0.3])
+    assert most_confident(ce, 3).tolist() == [1, 3, 4]  # the three lowest CEs, in pool order, ties stable
+    assert most_confident(ce, 0).tolist() == most_confident(ce, 9).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_pta_reference_core_is_built_from_the_lowest_ce_candidates_only(digits, digits_teacher, tmp_path):
+    """pta.reference_core=2 at ipc 4: class 3's reference (cutoff and signature) is that of its 8
+    most confident real candidates, and differs from the whole class's."""
+    from reta import topology
+    from reta.recover.loop import Recover
+
+    train, _ = digits
+    base = {**preset("pta"), "ipc": 4, "iterations": 8, "batch_size": 10, "rded_candidates": 20}
+    terms = {}
+    for core in (0, 2):
+        cfg = build(RecoverConfig, base=base, flags={"pta.reference_core": core})
+        run = Recover(train, [digits_teacher], cfg, tmp_path / f"run{core}", CPU, cache_dir=tmp_path / "cache", progress=False)
+        terms[core] = next(t for t in run.method.terms if t.name == "pta")
+    size = run.sizes[0]
+    data = terms[2].ctx.real_pool.get(3)
+    core_z = data[f"z{size}"][torch.argsort(data["ce"], stable=True)[:8]]
+    assert terms[2].reference(3, size).kappa == pytest.approx(float(topology.class_cutoff(core_z)))
+    assert terms[0].reference(3, size).kappa == pytest.approx(float(topology.class_cutoff(data[f"z{size}"])))
+    assert terms[2].reference(3, size).kappa < terms[0].reference(3, size).kappa
+
+
 def test_pixel_correlation_known_answers():
     from reta.recover.loop import pixel_correlation
 

@@ -162,12 +162,16 @@ class PTAConfig:
     # each image's RDED patch (its most confident crop, what FADRM's anchors and inits are), whose
     # features sit closer to the class core than whole images do.
     reference: Literal["images", "patches"] = "images"
+    # Build the reference from the class's core only: its reference_core*ipc real candidates the
+    # teacher is surest of (lowest CE of the true class), the candidates DRC's confidence cap lets
+    # it retrieve from; 0 = every candidate. A multiple of ipc, so it means the same at any IPC.
+    reference_core: int = 0
     infinite_bars: Literal["one", "max_edge", "drop"] = "one"
     class_reduction: Literal["sum", "mean"] = "sum"  # sum (paper) | mean over the classes in the batch, like CE
     min_points: int = 4  # H1 needs >= 4 points; PTA is off for smaller clouds
 
     def __post_init__(self):
-        _non_negative(self, "weight", "gamma", "margin", "until_stage")
+        _non_negative(self, "weight", "gamma", "margin", "until_stage", "reference_core")
         _positive(self, "k", "grid", "reference_subsets", "every")
         _check(self.min_points >= 2, "min_points", self.min_points, "must be at least 2")
         for name in ("distance", "infinite_bars", "class_reduction", "cloud", "reference"):

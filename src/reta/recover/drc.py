@@ -22,6 +22,7 @@ from reta.recover.loop import mix
 from reta.recover.methods import fadrm_method
 from reta.recover.strategy import Anchor, Context, Group, Method, register
 from reta.data.augment import resample
+from reta.retrieval.pool import most_confident
 from reta.retrieval.score import choose, complexity, shared_anchor_fraction, squared_fit
 from reta.runtime import derive_seed
 
@@ -152,11 +153,7 @@ class RetrievalAnchor(Anchor):
 
     def _eligible(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
         """(m',) the pool positions retrieval may pick: all, or the confident_per_slot*ipc lowest-CE ones."""
-        everything = torch.arange(len(data["indices"]))
-        keep = self.cfg.confident_per_slot * self.ctx.cfg.ipc
-        if not 0 < keep < len(everything):
-            return everything
-        return torch.sort(torch.argsort(data["ce"], stable=True)[:keep]).values
+        return most_confident(data["ce"], self.cfg.confident_per_slot * self.ctx.cfg.ipc)
 
     def _blend_fits(self, classes: list["ClassCandidates"], x: torch.Tensor) -> None:
         """drc.fit=blend: replace every candidate's fit by ||q(x) - q(alpha*x + (1-alpha)*o)||^2, how

@@ -26,6 +26,7 @@ from reta import topology
 from reta.data.augment import resample
 from reta.recover.methods import fadrm_method
 from reta.recover.strategy import Context, Group, Method, Step, Term, register
+from reta.retrieval.pool import most_confident
 from reta.runtime import derive_seed
 
 
@@ -45,7 +46,8 @@ class TopologyTerm(Term):
             # Chosen by pta.reference alone, whatever DRC retrieves: RETA's PTA must be the PTA of the
             # pta ablation (drc.pool=patches once changed it).
             pool = self.ctx.patch_pool if self.cfg.reference == "patches" else self.ctx.real_pool
-            z = pool.get(c)[f"z{size}"].to(self.ctx.dev)
+            data = pool.get(c)
+            z = data[f"z{size}"][most_confident(data["ce"], self.cfg.reference_core * self.ctx.cfg.ipc)].to(self.ctx.dev)
             g = torch.Generator().manual_seed(derive_seed(self.ctx.cfg.seed, "pta-ref", c, size))
             cfg = self.cfg
             self._refs[(c, size)] = topology.build_reference(

@@ -182,7 +182,7 @@ class MethodSpec:
 # before it (checked byte for byte when the field was added). At that value a field is left out of
 # a run's identity, so the finished sets and benchmark rows of that code stay valid.
 NEUTRAL_LATER_FIELDS = {"drc": {"fit": "anchor", "first_connection": 1, "confident_per_slot": 0},
-                        "pta": {"margin": 0.0, "until_stage": 0, "reference": "images"}}
+                        "pta": {"margin": 0.0, "until_stage": 0, "reference": "images", "reference_core": 0}}
 
 
 def result_config(cfg: RecoverConfig) -> dict[str, Any]:

@@ -140,3 +140,11 @@ class Pool:
         if "boxes" in data:
             x = crop_resize(x, data["boxes"][positions], self.info.image_size)
         return x
+
+
+def most_confident(ce: torch.Tensor, keep: int) -> torch.Tensor:
+    """(m',) pool positions, in pool order, of the `keep` candidates with the lowest teacher CE of
+    the true class (the class's confident core); every position when keep is 0 or covers the pool."""
+    if not 0 < keep < len(ce):
+        return torch.arange(len(ce))
+    return torch.sort(torch.argsort(ce, stable=True)[:keep]).values
