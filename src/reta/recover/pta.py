@@ -47,7 +47,8 @@ class TopologyTerm(Term):
             # pta ablation (drc.pool=patches once changed it).
             pool = self.ctx.patch_pool if self.cfg.reference == "patches" else self.ctx.real_pool
             data = pool.get(c)
-            z = data[f"z{size}"][most_confident(data["ce"], self.cfg.reference_core * self.ctx.cfg.ipc)].to(self.ctx.dev)
+            core = most_confident(data["ce"], self.cfg.reference_core * self.ctx.cfg.ipc)
+            z = data[f"z{size}"][core].to(self.ctx.dev)
             g = torch.Generator().manual_seed(derive_seed(self.ctx.cfg.seed, "pta-ref", c, size))
             cfg = self.cfg
             self._refs[(c, size)] = topology.build_reference(
