@@ -51,7 +51,7 @@ def main() -> None:
     from reta.data.dataset import split_holdout
     from reta.recover import result_config
     from reta.recover.strategy import POOL_SEED
-    from reta.retrieval.pool import Pool, most_confident
+    from reta.retrieval.pool import Pool, most_confident, normalised_features
     from reta.runtime import device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,10 +70,6 @@ def main() -> None:
     key = pipeline.teacher_key(train, recipe)
     teacher = teacher_of_key(key, train, test, recipe, dev, progress=False)
     model = teacher.model.eval()
-
-    @torch.no_grad()
-    def features(x01: torch.Tensor) -> torch.Tensor:
-        return F.normalize(model.features(info.standardise(x01.to(dev))).float(), dim=1).cpu()
 
     def averaged(per_class: list[tuple[float, float]]) -> dict:
         return {"cosine": sum(p[0] for p in per_class) / len(per_class),
@@ -97,7 +93,8 @@ def main() -> None:
             cfg = variant_config(label, spec, settings, seed)
             folder = args.bench_dir / label / f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}" / "distilled"
             images, _ = pipeline.distilled(train, [teacher], cfg, folder, dev, progress=False)
-            z = features(images.load(list(range(len(images)))).float() / 255.0)
+            x01 = images.load(list(range(len(images)))).float() / 255.0
+            z = normalised_features(model, info.standardise(x01.to(dev))).cpu()
             labels = torch.as_tensor(images.labels)
             per_seed.append(averaged([pair_statistics(z[labels == c]) for c in range(info.num_classes)]))
         rows[label] = {k: sum(s[k] for s in per_seed) / len(per_seed) for k in ("cosine", "nearest")} | {
