@@ -477,8 +477,8 @@ def test_most_confident_known_answers():
 
 
 def test_pta_reference_core_is_built_from_the_lowest_ce_candidates_only(digits, digits_teacher, tmp_path):
-    """pta.reference_core=2 at ipc 4: class 3's reference (cutoff and signature) is that of its 8
-    most confident real candidates, and differs from the whole class's."""
+    """pta.reference_core=2 at ipc 4: class 3's reference cutoff is that of its 8 most confident
+    real candidates, below the whole class's."""
     from reta import topology
     from reta.recover.loop import Recover
 
