@@ -65,6 +65,18 @@ def test_online_headline_is_the_final_epoch_and_runs_are_reproducible():
     assert again["curve"] == result["curve"]
 
 
+def test_keep_model_returns_the_network_that_scored_the_final_epoch():
+    from reta.evaluate.train import accuracy
+
+    train, test = tiny_set(0), tiny_set(1, per_class=20)
+    protocol = dataclasses.replace(PROTOCOL, student="convnet2-w8")  # BatchNorm: running stats must be the final ones
+    result = train_student(train, test, train.info, protocol, 3, CPU, teacher=tiny_teacher(train.info),
+                           progress=False, keep_model=True)
+    assert accuracy(result["model"], test, train.info, CPU) == result["top1_final"]
+    assert "model" not in train_student(train, test, train.info, protocol, 3, CPU, teacher=tiny_teacher(train.info),
+                                        progress=False)
+
+
 def test_eval_every_sets_the_best_epoch_grid_and_the_last_epoch_is_always_evaluated():
     train = tiny_set(0)
     protocol = dataclasses.replace(PROTOCOL, labels="hard", epochs=5, eval_every=2)

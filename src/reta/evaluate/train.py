@@ -159,7 +159,7 @@ def init_student(protocol: EvalProtocol, info: DatasetInfo, seed: int, dev: torc
 
 def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protocol: EvalProtocol, seed: int,
                   dev: torch.device, teacher: nn.Module | None = None, label_store: LabelStore | None = None,
-                  progress: bool = True, ctx=None) -> dict:
+                  progress: bool = True, ctx=None, keep_model: bool = False) -> dict:
     """Train `protocol.student` on `train_set`, test on `test`; accuracies are fractions.
 
     Returns {"top1_final" (after the last epoch: the headline), "top1_best" and "best_epoch" (best
@@ -167,6 +167,7 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
     "seconds", "peak_memory_mb"}. Epochs in the curve count from 1. In stored mode the batch
     order and views come from the store, so `seed` only sets the initialisation.
     `ctx`: a `reta.dist.DistContext`; with world > 1 the student trains with DDP (module docstring).
+    `keep_model`: also return the trained student under "model" (for diagnostics on the network itself).
     """
     check_setup(train_set, test, info, protocol, teacher, label_store)
     rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
@@ -222,8 +223,9 @@ def train_student(train_set: ImageSet, test: ImageSet, info: DatasetInfo, protoc
                                else sharded_accuracy(model, test, info, dev, dtype, rank, world)))
                 bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{curve[-1][1]:.3f}")
     best_epoch, best = max(curve, key=lambda point: (point[1], -point[0]))  # earliest of equal bests
-    return {"top1_final": curve[-1][1], "top1_best": best, "best_epoch": best_epoch, "curve": curve, "seed": seed,
-            "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(dev)}
+    result = {"top1_final": curve[-1][1], "top1_best": best, "best_epoch": best_epoch, "curve": curve, "seed": seed,
+              "seconds": time.time() - t0, "peak_memory_mb": peak_memory_mb(dev)}
+    return {**result, "model": model} if keep_model else result
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
