@@ -50,6 +50,33 @@ def recalibrated(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     return clone.eval()
 
 
+MODES = ("trained", "real", "distilled")
+
+
+def table(result: dict, baseline: str = "fadrm") -> str:
+    """Markdown: per variant, top-1 under each statistics mode (mean ± std over synthesis seeds of
+    the per-set student mean) and its difference to the baseline paired per synthesis seed."""
+    def per_seed(variant: str, mode: str) -> dict[int, float]:
+        return {s["synthesis_seed"]: 100 * float(np.mean([r[mode] for r in s["runs"]]))
+                for s in result["sets"].values() if s["variant"] == variant}
+
+    variants = list(dict.fromkeys(s["variant"] for s in result["sets"].values()))
+    lines = ["| variant | " + " | ".join(f"{m} stats | Δ vs {baseline}" for m in MODES) + " | stat shift |",
+             "|---|" + "---|---|" * len(MODES) + "---|"]
+    for variant in variants:
+        cells = []
+        for mode in MODES:
+            mine, ref = per_seed(variant, mode), per_seed(baseline, mode)
+            values = list(mine.values())
+            cells.append(f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}")
+            paired = [mine[s] - ref[s] for s in mine if s in ref]
+            cells.append("–" if variant == baseline or not paired else
+                         f"{np.mean(paired):+.2f} ± {np.std(paired, ddof=1) if len(paired) > 1 else 0:.2f}")
+        shift = [r["stat_shift"] for s in result["sets"].values() if s["variant"] == variant for r in s["runs"]]
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {np.mean(shift):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from reta import io, pipeline
     from reta.bench import presets, protocol, teacher_of_key, tier_settings, variant_config
@@ -67,7 +94,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated synthesis seeds")
     parser.add_argument("--real-images", type=int, default=2000)
     parser.add_argument("--split", choices=["test", "holdout"], default="holdout")
+    parser.add_argument("--table", action="store_true", help="print the table of finished sets and stop")
     args = parser.parse_args()
+    out = args.bench_dir.parent / f"bn-recalibration-{args.preset}.json"
+    if args.table:
+        print(table(io.read_json(out)))
+        return
 
     spec, settings = presets()[args.preset], tier_settings("full")
     soft = protocol(settings, "convnet3", "online")
@@ -83,7 +115,6 @@ def main() -> None:
     real = fit_part.subset(np.sort(pick))
     real_batches = [train.info.normalise(images) for images, _ in real.batches(100)]
 
-    out = args.bench_dir.parent / f"bn-recalibration-{args.preset}.json"
     result = io.read_json(out) if out.is_file() else {
         "preset": args.preset, "split": args.split, "student": soft.student, "real_images": len(real),
         "teacher_sha256": teacher.weights_hash, "protocol": io.to_jsonable(dataclasses.asdict(soft)), "sets": {}}
@@ -113,10 +144,11 @@ def main() -> None:
                              "stat_shift_clean": stat_shift(on_clean, on_real)})
             result["sets"][name] = {"variant": label, "synthesis_seed": seed, "runs": runs}
             io.write_json(out, result)
-            mean = {k: 100 * np.mean([r[k] for r in runs]) for k in ("trained", "real", "distilled")}
+            mean = {k: 100 * np.mean([r[k] for r in runs]) for k in MODES}
             print(f"[bn-recal] {name}: trained {mean['trained']:.2f}, real stats {mean['real']:.2f}, "
                   f"clean distilled stats {mean['distilled']:.2f}, shift "
                   f"{np.mean([r['stat_shift'] for r in runs]):.3f}", flush=True)
+    print(table(result), flush=True)
     print(f"[bn-recal] {out}", flush=True)
 
 
