@@ -1,0 +1,86 @@
+"""What the KD student is taught on each distilled set: the teacher's accuracy, true-class
+probability and entropy on the clean images and on the student's augmented views.
+
+    .venv/bin/python benchmarks/teacher_views.py cifar10-ipc10 \
+        benchmarks/results/epyc-avx512-2026-12-04/cifar10-ipc10-full-holdout --variants random,fadrm,pta,reta
+
+The views are the full tier's (per-image RandomResizedCrop at scale 0.08-1 and flip, batches of
+20, no CutMix) for 5 epochs of a fixed seed, so every set is viewed the same way. Sets are read from
+BENCH_DIR/<variant>/seed*/distilled (made by `reta bench` or benchmarks/bn_recalibration.py); the
+result goes to BENCH_DIR/../teacher-views-<preset>.json (means over the sets of each variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EPOCHS, SEED = 5, 7
+
+
+def teacher_statistics(teacher: torch.nn.Module, syn, batch_size: int, crop_scale_min: float) -> dict:
+    from reta.labels.store import draw_epoch, replay_views
+
+    x, y = syn.load(np.arange(len(syn))), torch.from_numpy(syn.labels)
+
+    def summary(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
+        return {"accuracy": float((probs.argmax(1) == labels).float().mean()),
+                "true_class_probability": float(probs[torch.arange(len(labels)), labels].mean()),
+                "entropy": float(entropy.mean())}
+
+    probs, labels = [], []
+    for epoch in range(EPOCHS):
+        for batch in draw_epoch(len(syn), batch_size, syn.info.image_size, crop_scale_min, 1.0, 0.0, SEED, epoch):
+            views = replay_views(x[batch.indices], batch, syn.info, syn.info.image_size)
+            probs.append(F.softmax(teacher(views).float(), 1))
+            labels.append(y[batch.indices])
+    return {"clean": summary(F.softmax(teacher(syn.info.normalise(x)).float(), 1), y),
+            "views": summary(torch.cat(probs), torch.cat(labels))}
+
+
+def main() -> None:
+    from reta import io, pipeline
+    from reta.bench import presets, protocol, teacher_of_key, tier_settings
+    from reta.config import SqueezeConfig, build
+    from reta.data import load_dataset
+    from reta.distilled import read_distilled
+    from reta.runtime import device
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset")
+    parser.add_argument("bench_dir", type=Path)
+    parser.add_argument("--variants", default="random,fadrm,pta,reta")
+    args = parser.parse_args()
+
+    spec, settings = presets()[args.preset], tier_settings("full")
+    soft = protocol(settings, settings["protocol"]["student"], "online")
+    train, test = load_dataset(spec["data"], pipeline.default_data_root())
+    recipe = build(SqueezeConfig, base=settings["teacher"])
+    teacher = teacher_of_key(pipeline.teacher_key(train, recipe), train, test, recipe, device(), progress=False)
+    result = {"preset": args.preset, "teacher_sha256": teacher.weights_hash, "view_epochs": EPOCHS, "view_seed": SEED,
+              "batch_size": soft.batch_size, "crop_scale_min": soft.crop_scale_min, "variants": {}}
+    with torch.no_grad():
+        for variant in args.variants.split(","):
+            sets = sorted(args.bench_dir.glob(f"{variant}/seed*/distilled"))
+            per_set = [teacher_statistics(teacher.model.eval(), read_distilled(s, expect=train.info)[0],
+                                          soft.batch_size, soft.crop_scale_min) for s in sets]
+            if not per_set:
+                continue
+            mean = {where: {k: float(np.mean([p[where][k] for p in per_set])) for k in per_set[0][where]}
+                    for where in ("clean", "views")}
+            result["variants"][variant] = {"sets": [str(s) for s in sets], **mean}
+            print(f"[teacher-views] {variant} ({len(sets)} sets): views accuracy {mean['views']['accuracy']:.3f}, "
+                  f"true-class p {mean['views']['true_class_probability']:.3f}, "
+                  f"entropy {mean['views']['entropy']:.3f}", flush=True)
+    out = args.bench_dir.parent / f"teacher-views-{args.preset}.json"
+    io.write_json(out, result)
+    print(f"[teacher-views] {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
