@@ -15,18 +15,21 @@ student is trained per student seed as in the bench row, then scored three ways 
 `real` uses images no distilled-data protocol may see: it only tells how much of a gap the
 statistics explain. `stat_shift` is the mean over BN layers of the relative distance between the
 trained and the real-estimated (mean, variance). Results go to BENCH_DIR/../bn-recalibration-
-<preset>.json, written after every set; a rerun skips finished sets.
+<preset>.json, written after every set; a rerun skips finished sets; `--table` prints the
+paired table of what is there.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import update_bn
 
 
 def stat_shift(trained: nn.Module, recalibrated: nn.Module) -> float:
@@ -41,10 +44,6 @@ def stat_shift(trained: nn.Module, recalibrated: nn.Module) -> float:
 
 def recalibrated(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     """A copy of `model` whose BN running statistics are the average over `batches` (torch's update_bn)."""
-    import copy
-
-    from torch.optim.swa_utils import update_bn
-
     clone = copy.deepcopy(model)
     update_bn(batches, clone)
     return clone.eval()
