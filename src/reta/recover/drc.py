@@ -230,7 +230,8 @@ def with_retrieval(ctx: Context, method: Method) -> Method:
 # (a per-slot share of a pool of RDED patches) were the only retrieval that came near FADRM (-0.6);
 # whole images with shared anchors lost 2.9-3.8 points. Retrieving among the 10*ipc most confident
 # patches raised reta on all 6 held-out synthesis seeds (cifar10 +0.70 +- 0.40, imagenette32
-# +1.14 +- 0.99, IPC 10).
+# +1.14 +- 0.99, IPC 10). lam keeps the paper's 0.1: fit alone (0) and 0.5 were each better on one
+# dataset or student and worse on another (held-out, fifteenth pass).
 DRC_DEFAULTS = {"features": "centred", "pool": "patches", "partition": True, "confident_per_slot": 10}
 
 
