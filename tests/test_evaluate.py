@@ -11,7 +11,7 @@ from reta.config import EvalProtocol, RelabelConfig
 from reta.data.dataset import DatasetInfo, TensorImageSet
 from reta.errors import RetaError
 from reta.evaluate.metrics import ars, exp_normalise, hlr, ior, lrs
-from reta.evaluate.train import evaluate, mean_std, param_groups, train_student
+from reta.evaluate.train import accuracy, evaluate, mean_std, param_groups, train_student
 from reta.labels.store import LabelStore, relabel
 from reta.models import create_model
 from reta.schedule import cosine_lr
@@ -66,8 +66,6 @@ def test_online_headline_is_the_final_epoch_and_runs_are_reproducible():
 
 
 def test_keep_model_returns_the_network_that_scored_the_final_epoch():
-    from reta.evaluate.train import accuracy
-
     train, test = tiny_set(0), tiny_set(1, per_class=20)
     protocol = dataclasses.replace(PROTOCOL, student="convnet2-w8")  # BatchNorm: running stats must be the final ones
     result = train_student(train, test, train.info, protocol, 3, CPU, teacher=tiny_teacher(train.info),
