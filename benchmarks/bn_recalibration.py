@@ -78,12 +78,11 @@ def table(result: dict, baseline: str = "fadrm") -> str:
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import presets, protocol, teacher_of_key, tier_settings, variant_config
+    from reta.bench import bench_teacher, presets, protocol, run_folder, tier_settings, variant_config
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
     from reta.data.dataset import split_holdout
     from reta.evaluate.train import accuracy, train_student
-    from reta.recover import result_config
     from reta.runtime import autocast_dtype, device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,13 +105,12 @@ def main() -> None:
     dev = device()
     dtype = autocast_dtype(soft.precision, dev)
     recipe = build(SqueezeConfig, base=settings["teacher"])
-    key = pipeline.teacher_key(train, recipe)
-    teacher = teacher_of_key(key, train, test, recipe, dev, progress=False)
+    teacher = bench_teacher(train, test, recipe, dev)
     scored_on = pipeline.score_split(train, test, teacher, args.split)
     fit_part = train if args.split == "test" else split_holdout(train, *teacher.holdout)[0]
     pick = np.random.default_rng(0).permutation(len(fit_part))[:args.real_images]
     real = fit_part.subset(np.sort(pick))
-    real_batches = [train.info.normalise(images) for images, _ in real.batches(100)]
+    real_batches = [train.info.normalise(images).to(dev) for images, _ in real.batches(100)]
 
     result = io.read_json(out) if out.is_file() else {
         "preset": args.preset, "split": args.split, "student": soft.student, "real_images": len(real),
@@ -124,17 +122,15 @@ def main() -> None:
                 print(f"[bn-recal] {name}: done before", flush=True)
                 continue
             cfg = variant_config(label, spec, settings, seed)
-            tag = f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}"
-            syn, _ = pipeline.distilled(train, [teacher], cfg, args.bench_dir / label / tag / "distilled", dev,
-                                        progress=False)
-            clean = [train.info.normalise(syn.load(np.arange(len(syn))))]
+            set_dir = run_folder(args.bench_dir, label, seed, cfg) / "distilled"
+            syn, _ = pipeline.distilled(train, [teacher], cfg, set_dir, dev, progress=False)
+            clean = [train.info.normalise(syn.load(np.arange(len(syn)))).to(dev)]
             runs = []
             for student_seed in range(soft.seeds):
                 run = train_student(syn, scored_on, syn.info, soft, student_seed, dev, teacher.model,
                                     progress=False, keep_model=True)
                 model = run["model"].eval()
-                on_real = recalibrated(model, [b.to(dev) for b in real_batches])
-                on_clean = recalibrated(model, [b.to(dev) for b in clean])
+                on_real, on_clean = recalibrated(model, real_batches), recalibrated(model, clean)
                 runs.append({"student_seed": student_seed,
                              "trained": accuracy(model, scored_on, syn.info, dev, dtype=dtype),
                              "real": accuracy(on_real, scored_on, syn.info, dev, dtype=dtype),

@@ -45,11 +45,10 @@ def subset_statistics(z: torch.Tensor, size: int, draws: int, gen: torch.Generat
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import presets, teacher_of_key, tier_settings, variant_config
+    from reta.bench import presets, run_folder, teacher_of_key, tier_settings, variant_config
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
     from reta.data.dataset import split_holdout
-    from reta.recover import result_config
     from reta.recover.strategy import POOL_SEED
     from reta.retrieval.pool import Pool, most_confident, normalised_features
     from reta.runtime import device
@@ -91,7 +90,7 @@ def main() -> None:
         per_seed = []
         for seed in range(args.synthesis_seeds):
             cfg = variant_config(label, spec, settings, seed)
-            folder = args.bench_dir / label / f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}" / "distilled"
+            folder = run_folder(args.bench_dir, label, seed, cfg) / "distilled"
             images, _ = pipeline.distilled(train, [teacher], cfg, folder, dev, progress=False)
             x01 = images.load(list(range(len(images)))).float() / 255.0
             z = normalised_features(model, info.standardise(x01.to(dev))).cpu()

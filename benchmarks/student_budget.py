@@ -22,11 +22,10 @@ from pathlib import Path
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import (finished_row, score_row, presets, protocol, row_file, row_identity, teacher_of_key,
-                            tier_settings, variant_config)
+    from reta.bench import (finished_row, score_row, presets, protocol, row_file, row_identity, run_folder,
+                            teacher_of_key, tier_settings, variant_config)
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
-    from reta.recover import result_config
     from reta.runtime import device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,17 +55,16 @@ def main() -> None:
     for seed in seeds:
         for label in args.variants.split(","):
             cfg = variant_config(label, spec, settings, seed)
-            tag = f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}"
             identity = row_identity(label, seed, args.student, args.split, key, cfg, soft, None)
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, args.student)
             if finished_row([out / "rows" / fname], row_key, teacher.weights_hash, legacy_ok=False):
                 print(f"[student-budget] {label} seed {seed}: done before", flush=True)
                 continue
-            loaded = pipeline.distilled(train, [teacher], cfg, args.bench_dir / label / tag / "distilled", dev,
-                                        progress=False)
-            row = score_row(identity, row_key, loaded, scored_on, soft, None, teacher, dev, out / label / tag,
-                             progress=False)
+            set_dir = run_folder(args.bench_dir, label, seed, cfg) / "distilled"
+            loaded = pipeline.distilled(train, [teacher], cfg, set_dir, dev, progress=False)
+            row = score_row(identity, row_key, loaded, scored_on, soft, None, teacher, dev,
+                            run_folder(out, label, seed, cfg), progress=False)
             io.write_json(out / "rows" / fname, row)
             s = row["soft"]
             print(f"[student-budget] {label} seed {seed} ({args.epochs} epochs): {100 * s['top1_final_mean']:.2f} ± "

@@ -2,12 +2,14 @@
 probability and entropy on the clean images and on the student's augmented views.
 
     .venv/bin/python benchmarks/teacher_views.py cifar10-ipc10 \
-        benchmarks/results/epyc-avx512-2026-12-04/cifar10-ipc10-full-holdout --variants random,fadrm,pta,reta
+        benchmarks/results/epyc-avx512-2026-12-04/cifar10-ipc10-full-holdout --variants random,fadrm,pta,reta \
+        --seeds 0,1,2
 
 The views are the full tier's (per-image RandomResizedCrop at scale 0.08-1 and flip, batches of
-20, no CutMix) for 5 epochs of a fixed seed, so every set is viewed the same way. Sets are read from
-BENCH_DIR/<variant>/seed*/distilled (made by `reta bench` or benchmarks/bn_recalibration.py); the
-result goes to BENCH_DIR/../teacher-views-<preset>.json (means over the sets of each variant).
+20, no CutMix) for 5 epochs of a fixed seed, so every set is viewed the same way. Each set is the
+one bench keeps for that variant and synthesis seed under BENCH_DIR (distilled first if missing,
+exactly as bench would); the result goes to BENCH_DIR/../teacher-views-<preset>.json (means over
+the sets of each variant).
 """
 
 from __future__ import annotations
@@ -45,32 +47,35 @@ def teacher_statistics(teacher: torch.nn.Module, syn, batch_size: int, crop_scal
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import presets, protocol, teacher_of_key, tier_settings
+    from reta.bench import bench_teacher, presets, protocol, run_folder, tier_settings, variant_config
     from reta.config import SqueezeConfig, build
     from reta.data import load_dataset
-    from reta.distilled import read_distilled
     from reta.runtime import device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset")
     parser.add_argument("bench_dir", type=Path)
     parser.add_argument("--variants", default="random,fadrm,pta,reta")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated synthesis seeds")
     args = parser.parse_args()
 
     spec, settings = presets()[args.preset], tier_settings("full")
     soft = protocol(settings, settings["protocol"]["student"], "online")
     train, test = load_dataset(spec["data"], pipeline.default_data_root())
     recipe = build(SqueezeConfig, base=settings["teacher"])
-    teacher = teacher_of_key(pipeline.teacher_key(train, recipe), train, test, recipe, device(), progress=False)
+    dev = device()
+    teacher = bench_teacher(train, test, recipe, dev)
+    seeds = [int(s) for s in args.seeds.split(",")]
     result = {"preset": args.preset, "teacher_sha256": teacher.weights_hash, "view_epochs": EPOCHS, "view_seed": SEED,
               "batch_size": soft.batch_size, "crop_scale_min": soft.crop_scale_min, "variants": {}}
     with torch.no_grad():
         for variant in args.variants.split(","):
-            sets = sorted(args.bench_dir.glob(f"{variant}/seed*/distilled"))
-            per_set = [teacher_statistics(teacher.model.eval(), read_distilled(s, expect=train.info)[0],
-                                          soft.batch_size, soft.crop_scale_min) for s in sets]
-            if not per_set:
-                continue
+            sets, per_set = [], []
+            for seed in seeds:
+                cfg = variant_config(variant, spec, settings, seed)
+                sets.append(run_folder(args.bench_dir, variant, seed, cfg) / "distilled")
+                syn, _ = pipeline.distilled(train, [teacher], cfg, sets[-1], dev, progress=False)
+                per_set.append(teacher_statistics(teacher.model.eval(), syn, soft.batch_size, soft.crop_scale_min))
             mean = {where: {k: float(np.mean([p[where][k] for p in per_set])) for k in per_set[0][where]}
                     for where in ("clean", "views")}
             result["variants"][variant] = {"sets": [str(s) for s in sets], **mean}

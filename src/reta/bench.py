@@ -88,6 +88,13 @@ def variant_config(label: str, spec: dict, settings: dict, seed: int) -> Recover
     return build(RecoverConfig, sets=sets, base={**preset(method), "ipc": spec["ipc"], **settings["recover"], "seed": seed})
 
 
+def run_folder(out: Path, label: str, seed: int, cfg: RecoverConfig) -> Path:
+    """A bench's folder for one variant and synthesis seed (its set under distilled/, its evaluations):
+    one per result identity, so a set made by other settings or an earlier method revision under
+    the same label is never taken for this one."""
+    return out / label / f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}"
+
+
 def row_identity(label: str, seed: int, student: str, split: str, teacher_key: str, cfg: RecoverConfig,
                  soft: EvalProtocol, hard: EvalProtocol | None) -> dict:
     """What a benchmark row is a result of; its hash is the row's key."""
@@ -183,9 +190,7 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
           f"scored on {split} ({len(scored_on)} images)", flush=True)
     rows = []
     for (label, seed), cfg in configs.items():
-        # One folder per result identity: a set made by other settings or an earlier method
-        # revision under the same label is never taken for this one.
-        run_dir = out / label / f"seed{seed}-{io.sha256_json(result_config(cfg))[:8]}"
+        folder = run_folder(out, label, seed, cfg)
         loaded = None  # the distilled set, read only when some student's row is missing
         for i, student in enumerate(students):
             identity = row_identity(label, seed, student, split, key, cfg, soft[student], hard if i == 0 else None)
@@ -194,9 +199,9 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
             row = finished_row([out / "rows" / fname, committed / fname], row_key, teacher.weights_hash, legacy_ok)
             if row is None:
                 if loaded is None:
-                    loaded = pipeline.distilled(train, [teacher], cfg, run_dir / "distilled", dev, progress)
+                    loaded = pipeline.distilled(train, [teacher], cfg, folder / "distilled", dev, progress)
                 row = score_row(identity, row_key, loaded, scored_on, soft[student], hard if i == 0 else None,
-                                teacher, dev, run_dir, progress)
+                                teacher, dev, folder, progress)
             io.write_json(out / "rows" / fname, row)
             if publish:  # at once, so rows can be committed while a long bench is still running
                 io.write_json(committed / fname, row)
