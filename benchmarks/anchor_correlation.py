@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reta import io, pipeline
-from reta.bench import presets, tier_settings, variant_config
-from reta.config import SqueezeConfig, build
-from reta.data import load_dataset
+from reta import io
+from reta.bench import full_tier_study
 from reta.recover import distill
-from reta.runtime import device
 
 
 def main() -> None:
@@ -27,13 +24,10 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
-    spec, settings = presets()[args.preset], tier_settings("full")
     if args.fadrm:
-        train, test = load_dataset(spec["data"], pipeline.default_data_root())
-        dev = device()
-        teacher = pipeline.cached_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev, progress=False)
-        cfg = variant_config("fadrm", spec, settings, 0)
-        distill(train, [teacher], cfg, args.runs[0] / "fadrm-anchor-diagnostic", dev, progress=False)
+        study = full_tier_study(args.preset)
+        distill(study.train, [study.teacher], study.config("fadrm", 0), args.runs[0] / "fadrm-anchor-diagnostic",
+                study.dev, progress=False)
     rows = []
     for root in args.runs:
         for path in sorted(root.glob("**/manifest.json")):

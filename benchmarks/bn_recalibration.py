@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,18 +77,13 @@ def table(result: dict, baseline: str = "fadrm") -> str:
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import bench_teacher, presets, protocol, run_folder, tier_settings, variant_config
-    from reta.config import SqueezeConfig, build
-    from reta.data import load_dataset
+    from reta.bench import add_set_arguments, full_tier_study, protocol
     from reta.data.dataset import split_holdout
     from reta.evaluate.train import accuracy, train_student
-    from reta.runtime import autocast_dtype, device
+    from reta.runtime import autocast_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset")
-    parser.add_argument("bench_dir", type=Path)
-    parser.add_argument("--variants", default="random,fadrm,pta,reta")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated synthesis seeds")
+    add_set_arguments(parser, "random,fadrm,pta,reta")
     parser.add_argument("--real-images", type=int, default=2000)
     parser.add_argument("--split", choices=["test", "holdout"], default="holdout")
     parser.add_argument("--table", action="store_true", help="print the table of finished sets and stop")
@@ -99,14 +93,11 @@ def main() -> None:
         print(table(io.read_json(out)))
         return
 
-    spec, settings = presets()[args.preset], tier_settings("full")
-    soft = protocol(settings, "convnet3", "online")
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    dev = device()
+    study = full_tier_study(args.preset)
+    train, teacher, dev = study.train, study.teacher, study.dev
+    soft = protocol(study.settings, "convnet3", "online")
     dtype = autocast_dtype(soft.precision, dev)
-    recipe = build(SqueezeConfig, base=settings["teacher"])
-    teacher = bench_teacher(train, test, recipe, dev)
-    scored_on = pipeline.score_split(train, test, teacher, args.split)
+    scored_on = pipeline.score_split(train, study.test, teacher, args.split)
     fit_part = train if args.split == "test" else split_holdout(train, *teacher.holdout)[0]
     pick = np.random.default_rng(0).permutation(len(fit_part))[:args.real_images]
     real = fit_part.subset(np.sort(pick))
@@ -115,15 +106,13 @@ def main() -> None:
     result = io.read_json(out) if out.is_file() else {
         "preset": args.preset, "split": args.split, "student": soft.student, "real_images": len(real),
         "teacher_sha256": teacher.weights_hash, "protocol": io.to_jsonable(dataclasses.asdict(soft)), "sets": {}}
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for label in args.variants.split(","):
+    for seed in args.seeds:
+        for label in args.variants:
             name = f"{label}__seed{seed}"
             if name in result["sets"]:
                 print(f"[bn-recal] {name}: done before", flush=True)
                 continue
-            cfg = variant_config(label, spec, settings, seed)
-            set_dir = run_folder(args.bench_dir, label, seed, cfg) / "distilled"
-            syn, _ = pipeline.distilled(train, [teacher], cfg, set_dir, dev, progress=False)
+            syn, _ = study.distilled(args.bench_dir, label, seed)
             clean = [train.info.normalise(syn.load(np.arange(len(syn)))).to(dev)]
             runs = []
             for student_seed in range(soft.seeds):

@@ -5,7 +5,7 @@ set or tightens it depends on the reference. This measures the outcome on finish
 
     .venv/bin/python benchmarks/feature_spread.py imagenette32-ipc10 \
         benchmarks/results/epyc-avx512-2026-12-04/imagenette32-ipc10-full-holdout \
-        --variants fadrm,reta,"reta+pta.reference_core=10" --synthesis-seeds 3
+        --variants fadrm,reta,"reta+pta.reference_core=10" --seeds 0,1,2
 
 Per class, on Norm(phi) of the un-augmented image at native size (DRC's and PTA's feature space):
 `cosine`, the mean cosine over pairs of distinct images (higher = tighter), and `nearest`, the
@@ -21,7 +21,6 @@ bench would. Writes BENCH_DIR/../feature-spread-<preset>.json.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,30 +43,21 @@ def subset_statistics(z: torch.Tensor, size: int, draws: int, gen: torch.Generat
 
 
 def main() -> None:
-    from reta import io, pipeline
-    from reta.bench import presets, run_folder, teacher_of_key, tier_settings, variant_config
-    from reta.config import SqueezeConfig, build
-    from reta.data import load_dataset
+    from reta import io
+    from reta.bench import add_set_arguments, full_tier_study
     from reta.data.dataset import split_holdout
     from reta.recover.strategy import POOL_SEED
     from reta.retrieval.pool import Pool, most_confident, normalised_features
-    from reta.runtime import device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset")
-    parser.add_argument("bench_dir", type=Path)
-    parser.add_argument("--variants", default="fadrm,reta")
-    parser.add_argument("--synthesis-seeds", type=int, default=3)
+    add_set_arguments(parser, "fadrm,reta")
     parser.add_argument("--draws", type=int, default=50, help="random real subsets per class for `nearest`")
     args = parser.parse_args()
 
-    spec, settings = presets()[args.preset], tier_settings("full")
-    ipc = int(spec["ipc"])
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    info, dev = train.info, device()
-    recipe = build(SqueezeConfig, base=settings["teacher"])
-    key = pipeline.teacher_key(train, recipe)
-    teacher = teacher_of_key(key, train, test, recipe, dev, progress=False)
+    study = full_tier_study(args.preset)
+    ipc = int(study.spec["ipc"])
+    train, teacher, dev = study.train, study.teacher, study.dev
+    info = train.info
     model = teacher.model.eval()
 
     def averaged(per_class: list[tuple[float, float]]) -> dict:
@@ -86,12 +76,10 @@ def main() -> None:
         core.append((pair_statistics(zc)[0], subset_statistics(zc, ipc, args.draws, gen)[1]))
     rows = {"real (every candidate)": averaged(real), f"real (core: {CORE_PER_SLOT}*ipc lowest CE)": averaged(core)}
 
-    for label in args.variants.split(","):
+    for label in args.variants:
         per_seed = []
-        for seed in range(args.synthesis_seeds):
-            cfg = variant_config(label, spec, settings, seed)
-            folder = run_folder(args.bench_dir, label, seed, cfg) / "distilled"
-            images, _ = pipeline.distilled(train, [teacher], cfg, folder, dev, progress=False)
+        for seed in args.seeds:
+            images, _ = study.distilled(args.bench_dir, label, seed)
             x01 = images.load(list(range(len(images)))).float() / 255.0
             z = normalised_features(model, info.standardise(x01.to(dev))).cpu()
             labels = torch.as_tensor(images.labels)
@@ -103,7 +91,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['cosine']:.3f} | {r['nearest']:.3f} |")
     out = args.bench_dir.parent / f"feature-spread-{args.preset}.json"
-    io.write_json(out, {"preset": args.preset, "bench_dir": str(args.bench_dir), "teacher_key": key,
+    io.write_json(out, {"preset": args.preset, "bench_dir": str(args.bench_dir), "teacher_key": study.teacher_key,
                         "teacher_sha256": teacher.weights_hash, "ipc": ipc, "rows": rows,
                         "versions": io.versions()})
     print(f"[feature-spread] -> {out}", flush=True)

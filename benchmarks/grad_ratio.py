@@ -21,21 +21,15 @@ from pathlib import Path
 
 
 def ratios(preset_name: str, seeds: list[int], cache: Path) -> dict:
-    from reta import pipeline
-    from reta.bench import bench_teacher, presets, tier_settings, variant_config
-    from reta.config import SqueezeConfig, build
-    from reta.data import load_dataset
+    from reta.bench import full_tier_study
     from reta.recover.loop import Recover
-    from reta.runtime import device
 
-    spec, settings = presets()[preset_name], tier_settings("full")
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    dev = device()
-    teacher = bench_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev)
+    study = full_tier_study(preset_name)
+    train, teacher, dev = study.train, study.teacher, study.dev
     runs = []
     for seed in seeds:
         # One step of the first stage: the ratio is recorded at step 0 and nothing later changes it.
-        cfg = dataclasses.replace(variant_config("reta", spec, settings, seed), iterations=1, stage_budgets=(1, 0, 0, 0))
+        cfg = dataclasses.replace(study.config("reta", seed), iterations=1, stage_budgets=(1, 0, 0, 0))
         with tempfile.TemporaryDirectory() as tmp:
             run = Recover(train, [teacher], cfg, Path(tmp) / "out", dev, cache_dir=cache, progress=False)
             groups = run.groups()

@@ -18,12 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from reta import io, pipeline
-from reta.bench import bench_teacher, presets, tier_settings, variant_config
-from reta.config import SqueezeConfig, build
-from reta.data import load_dataset
+from reta import io
+from reta.bench import full_tier_study
 from reta.recover import distill
-from reta.runtime import device
 
 
 def main() -> None:
@@ -34,12 +31,10 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="a cache root already holding the pool, e.g. ~/.cache/reta (no cold run)")
     args = parser.parse_args()
     out = Path(args.out or f"benchmarks/results/recover-cost-{args.preset}.json")
-    spec, settings = presets()[args.preset], tier_settings("full")
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    dev = device()
-    teacher = bench_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev)
+    study = full_tier_study(args.preset)
+    train, teacher, dev = study.train, study.teacher, study.dev
     def timed(method: str, seed: int, out: Path, cache: Path) -> dict:
-        cfg = variant_config(method, spec, settings, seed)
+        cfg = study.config(method, seed)
         t0 = time.time()
         m = distill(train, [teacher], cfg, out, dev, cache_dir=cache, progress=False)
         run = {"seed": seed, "wall_seconds": time.time() - t0, "group_seconds": m["timings"]["group_seconds"],

@@ -28,18 +28,12 @@ def peak_mb() -> float:
 
 
 def child(preset_name: str, method: str, seed: int, cache: Path) -> dict:
-    from reta import pipeline
-    from reta.bench import bench_teacher, presets, tier_settings, variant_config
-    from reta.config import SqueezeConfig, build
-    from reta.data import load_dataset
+    from reta.bench import full_tier_study
     from reta.recover import distill
-    from reta.runtime import device
 
-    spec, settings = presets()[preset_name], tier_settings("full")
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    dev = device()
-    teacher = bench_teacher(train, test, build(SqueezeConfig, base=settings["teacher"]), dev)
-    cfg = variant_config(method, spec, settings, seed)
+    study = full_tier_study(preset_name)
+    train, teacher, dev = study.train, study.teacher, study.dev
+    cfg = study.config(method, seed)
     before = peak_mb()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()

@@ -3,7 +3,7 @@ student compress the difference between methods? (The paper trains students 300-
 
     .venv/bin/python benchmarks/student_budget.py imagenette32-ipc10 \
         benchmarks/results/epyc-avx2-2026-12-03/imagenette32-ipc10-full-holdout \
-        --variants fadrm,reta --synthesis-seeds 3 --epochs 300 --split holdout
+        --variants fadrm,reta --seeds 0,1,2 --epochs 300 --split holdout
 
 BENCH_DIR is a `reta bench --tier full` folder: its distilled sets are read from
 BENCH_DIR/<variant>/seed<N>-<hash>/distilled (distilled there first if missing, exactly as bench
@@ -17,52 +17,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 
 def main() -> None:
     from reta import io, pipeline
-    from reta.bench import (finished_row, score_row, presets, protocol, row_file, row_identity, run_folder,
-                            teacher_of_key, tier_settings, variant_config)
-    from reta.config import SqueezeConfig, build
-    from reta.data import load_dataset
-    from reta.runtime import device
+    from reta.bench import (add_set_arguments, finished_row, full_tier_study, protocol, row_file, row_identity,
+                            run_folder, score_row)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset")
-    parser.add_argument("bench_dir", type=Path)
-    parser.add_argument("--variants", default="fadrm,reta")
-    parser.add_argument("--synthesis-seeds", type=int, default=3)
-    parser.add_argument("--seeds", default=None, help="comma-separated synthesis seeds (overrides --synthesis-seeds)")
+    add_set_arguments(parser, "fadrm,reta")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--student", default="convnet3")
     parser.add_argument("--split", choices=["test", "holdout"], default="holdout")
     args = parser.parse_args()
 
-    spec, settings = presets()[args.preset], tier_settings("full")
+    study = full_tier_study(args.preset)
+    train, teacher, dev, key = study.train, study.teacher, study.dev, study.teacher_key
+    settings = study.settings
     base_epochs = settings["protocol"]["epochs"]
     settings = {**settings, "protocol": {**settings["protocol"], "epochs": args.epochs,
                                          "eval_every": settings["protocol"]["eval_every"] * args.epochs // base_epochs}}
     soft = protocol(settings, args.student, "online")
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    dev = device()
-    recipe = build(SqueezeConfig, base=settings["teacher"])
-    key = pipeline.teacher_key(train, recipe)
-    teacher = teacher_of_key(key, train, test, recipe, dev, progress=False)
-    scored_on = pipeline.score_split(train, test, teacher, args.split)
+    scored_on = pipeline.score_split(train, study.test, teacher, args.split)
     out = args.bench_dir.parent / f"{args.bench_dir.name}-e{args.epochs}"
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(args.synthesis_seeds))
-    for seed in seeds:
-        for label in args.variants.split(","):
-            cfg = variant_config(label, spec, settings, seed)
+    for seed in args.seeds:
+        for label in args.variants:
+            cfg = study.config(label, seed)
             identity = row_identity(label, seed, args.student, args.split, key, cfg, soft, None)
             row_key = io.sha256_json(identity)[:16]
             fname = row_file(label, seed, args.student)
             if finished_row([out / "rows" / fname], row_key, teacher.weights_hash, legacy_ok=False):
                 print(f"[student-budget] {label} seed {seed}: done before", flush=True)
                 continue
-            set_dir = run_folder(args.bench_dir, label, seed, cfg) / "distilled"
-            loaded = pipeline.distilled(train, [teacher], cfg, set_dir, dev, progress=False)
+            loaded = study.distilled(args.bench_dir, label, seed)
             row = score_row(identity, row_key, loaded, scored_on, soft, None, teacher, dev,
                             run_folder(out, label, seed, cfg), progress=False)
             io.write_json(out / "rows" / fname, row)

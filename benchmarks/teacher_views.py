@@ -15,7 +15,6 @@ the sets of each variant).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,35 +45,24 @@ def teacher_statistics(teacher: torch.nn.Module, syn, batch_size: int, crop_scal
 
 
 def main() -> None:
-    from reta import io, pipeline
-    from reta.bench import bench_teacher, presets, protocol, run_folder, tier_settings, variant_config
-    from reta.config import SqueezeConfig, build
-    from reta.data import load_dataset
-    from reta.runtime import device
+    from reta import io
+    from reta.bench import add_set_arguments, full_tier_study, protocol
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset")
-    parser.add_argument("bench_dir", type=Path)
-    parser.add_argument("--variants", default="random,fadrm,pta,reta")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated synthesis seeds")
+    add_set_arguments(parser, "random,fadrm,pta,reta")
     args = parser.parse_args()
 
-    spec, settings = presets()[args.preset], tier_settings("full")
-    soft = protocol(settings, settings["protocol"]["student"], "online")
-    train, test = load_dataset(spec["data"], pipeline.default_data_root())
-    recipe = build(SqueezeConfig, base=settings["teacher"])
-    dev = device()
-    teacher = bench_teacher(train, test, recipe, dev)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    study = full_tier_study(args.preset)
+    soft = protocol(study.settings, study.settings["protocol"]["student"], "online")
+    teacher = study.teacher
     result = {"preset": args.preset, "teacher_sha256": teacher.weights_hash, "view_epochs": EPOCHS, "view_seed": SEED,
               "batch_size": soft.batch_size, "crop_scale_min": soft.crop_scale_min, "variants": {}}
     with torch.no_grad():
-        for variant in args.variants.split(","):
+        for variant in args.variants:
             sets, per_set = [], []
-            for seed in seeds:
-                cfg = variant_config(variant, spec, settings, seed)
-                sets.append(run_folder(args.bench_dir, variant, seed, cfg) / "distilled")
-                syn, _ = pipeline.distilled(train, [teacher], cfg, sets[-1], dev, progress=False)
+            for seed in args.seeds:
+                sets.append(study.set_dir(args.bench_dir, variant, seed))
+                syn, _ = study.distilled(args.bench_dir, variant, seed)
                 per_set.append(teacher_statistics(teacher.model.eval(), syn, soft.batch_size, soft.crop_scale_min))
             mean = {where: {k: float(np.mean([p[where][k] for p in per_set])) for k in per_set[0][where]}
                     for where in ("clean", "views")}

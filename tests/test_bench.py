@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from reta.bench import aggregate, run_bench, table_rows, write_benchmarks_md
+from reta.bench import add_set_arguments, aggregate, preset_spec, run_bench, table_rows, write_benchmarks_md
 from reta.errors import RetaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,3 +193,17 @@ def test_a_row_from_other_teacher_weights_is_not_reused(tmp_path):
     table.write_text(json.dumps({"teacher": {"test_top1": 0.749, "weights_sha256": "bbb", "legacy_rows_top1": 0.75}}))
     assert _legacy_rows_top1([table]) == 0.75  # republished by another teacher: the old rows keep their fingerprint
     assert _legacy_rows_top1([tmp_path / "missing.json"]) is None
+
+
+def test_study_scripts_arguments_and_presets():
+    parser = argparse.ArgumentParser()
+    add_set_arguments(parser, "fadrm,reta")
+    args = parser.parse_args(["cifar10-ipc10", "some/bench", "--seeds", "3,5"])
+    assert (args.variants, args.seeds, args.bench_dir) == (["fadrm", "reta"], [3, 5], Path("some/bench"))
+    assert parser.parse_args(["p", "d", "--variants", "reta+pta.weight=0.1"]).variants == ["reta+pta.weight=0.1"]
+    assert parser.parse_args(["p", "d"]).seeds == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["p", "d", "--seeds", "0,one"])
+    assert preset_spec("cifar10-ipc10") == {"data": "cifar10", "ipc": 10}
+    with pytest.raises(RetaError, match="unknown bench preset 'cifar-10'.*cifar10-ipc10"):
+        preset_spec("cifar-10")

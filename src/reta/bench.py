@@ -26,6 +26,7 @@ refused unless --overwrite, which removes only what bench wrote under OUT.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import os
@@ -39,12 +40,14 @@ import torch
 from reta import io, outdir, pipeline
 from reta.config import EvalProtocol, RecoverConfig, SqueezeConfig, build, load_yaml
 from reta.data import load_dataset
+from reta.data.dataset import ImageSet
 from reta.errors import RetaError
 from reta.evaluate.train import mean_std
 from reta.models import create_model
 from reta.recover import METHODS, preset, result_config
 from reta.reports import results_table
 from reta.runtime import device
+from reta.teacher import Teacher
 
 TIERS = ("quick", "full")
 FORMAT = "reta-bench/2"
@@ -56,6 +59,13 @@ TABLE_ORDER = (BASELINE, REFERENCE, "drc", "pta", "reta", "reta-paper")
 
 def presets() -> dict[str, dict]:
     return load_yaml(pipeline.configs_dir() / "bench" / "presets.yaml")
+
+
+def preset_spec(name: str) -> dict:
+    table = presets()
+    if name not in table:
+        raise RetaError(f"unknown bench preset {name!r}; choose one of {', '.join(table)}")
+    return table[name]
 
 
 def tier_settings(name: str) -> dict[str, dict]:
@@ -143,12 +153,10 @@ def run_bench(preset_name: str, tier: str, out: Path | None = None, data_root: s
               methods: list[str] | None = None, synthesis_seeds: int = 1, students: list[str] | None = None,
               split: str = "test", publish: bool = False, progress: bool = True, hard_labels: bool = True,
               overwrite: bool = False) -> dict:
-    table = presets()
-    if preset_name not in table:
-        raise RetaError(f"unknown bench preset {preset_name!r}; choose one of {', '.join(table)}")
+    spec = preset_spec(preset_name)
     if synthesis_seeds < 1:
         raise RetaError(f"--synthesis-seeds {synthesis_seeds}: must be at least 1")
-    spec, settings = table[preset_name], tier_settings(tier)
+    settings = tier_settings(tier)
     name = results_name(preset_name, tier, split)
     out = Path(out) if out is not None else Path.cwd() / "reta-bench" / name
     committed = Path.cwd() / "benchmarks" / "results" / name
@@ -249,11 +257,6 @@ def committed_teacher_dir(key: str) -> Path:
     return Path.cwd() / "benchmarks" / "teachers" / key
 
 
-def bench_teacher(train, test, recipe: SqueezeConfig, dev: torch.device, progress: bool = False):
-    """The teacher a bench table is made with (see teacher_of_key)."""
-    return teacher_of_key(pipeline.teacher_key(train, recipe), train, test, recipe, dev, progress)
-
-
 def teacher_of_key(key: str, train, test, recipe: SqueezeConfig, dev: torch.device, progress: bool):
     """The teacher of teacher_key `key`: the one committed in ./benchmarks/teachers/<key>/ if there
     is one, else the cache's (trained there if absent). The committed one comes first because the
@@ -262,6 +265,61 @@ def teacher_of_key(key: str, train, test, recipe: SqueezeConfig, dev: torch.devi
     committed = committed_teacher_dir(key)
     folder = committed if (committed / "meta.json").is_file() else pipeline.cached_teacher_dir(key)
     return pipeline.teacher_at(folder, train, test, recipe, dev, progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What `reta bench <preset> --tier full` distils and scores with, for the scripts that study a
+    bench's sets or its teacher (benchmarks/*.py): one place decides their data, settings and
+    teacher, so a study always reads the sets and teacher its bench rows were made with."""
+
+    preset: str
+    spec: dict
+    settings: dict
+    train: ImageSet
+    test: ImageSet
+    teacher_key: str
+    teacher: Teacher
+    dev: torch.device
+
+    def config(self, label: str, seed: int) -> RecoverConfig:
+        return variant_config(label, self.spec, self.settings, seed)
+
+    def set_dir(self, bench_dir: Path, label: str, seed: int) -> Path:
+        return run_folder(bench_dir, label, seed, self.config(label, seed)) / "distilled"
+
+    def distilled(self, bench_dir: Path, label: str, seed: int):
+        """(the set, its manifest) that bench keeps in bench_dir for this variant and synthesis seed,
+        distilled there first, exactly as bench would, if it is missing."""
+        return pipeline.distilled(self.train, [self.teacher], self.config(label, seed),
+                                  self.set_dir(bench_dir, label, seed), self.dev, progress=False)
+
+
+def full_tier_study(preset_name: str) -> Study:
+    spec, settings = preset_spec(preset_name), tier_settings("full")
+    train, test = load_dataset(spec["data"], pipeline.default_data_root())
+    recipe = build(SqueezeConfig, base=settings["teacher"])
+    key, dev = pipeline.teacher_key(train, recipe), device()
+    return Study(preset_name, spec, settings, train, test, key, teacher_of_key(key, train, test, recipe, dev, False), dev)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give synthesis seeds as comma-separated integers, e.g. 0,1,2")
+
+
+def add_set_arguments(parser: argparse.ArgumentParser, variants: str) -> None:
+    """PRESET BENCH_DIR --variants --seeds: the arguments of a script that reads a bench folder's sets."""
+    parser.add_argument("preset", help="a preset of configs/bench/presets.yaml, e.g. cifar10-ipc10")
+    parser.add_argument("bench_dir", type=Path, help="the --out folder of a `reta bench PRESET --tier full`")
+    parser.add_argument("--variants", type=_comma_list, default=variants, help="comma-separated variant labels")
+    parser.add_argument("--seeds", type=_seed_list, default="0,1,2", help="comma-separated synthesis seeds")
 
 
 def refuse_other_teacher(table: Path, teacher, committed_teacher: Path) -> None:
