@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats
 
 from reta import io
+from reta.evaluate.train import mean_std
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -58,12 +59,9 @@ def check_one_config(rows: list[dict], variant: str) -> None:
 
 def interval(diffs: list[float], level: float = 0.95) -> dict:
     """Mean, sample std and the t-based confidence interval of the mean of independent differences."""
-    d = np.asarray(diffs, dtype=float)
-    n = len(d)
-    mean = float(d.mean())
+    n, (mean, std) = len(diffs), mean_std(diffs)
     if n < 2:
         return {"n": n, "mean": mean, "std": None, "low": None, "high": None}
-    std = float(d.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half}
 
@@ -77,9 +75,9 @@ def with_teacher_sha(rows: list[dict], folder: Path) -> list[dict]:
     return [r if r.get("teacher_sha256") else r | {"teacher_sha256": next(iter(shas))} for r in rows]
 
 
-def unit_differences(rows: list[dict], a: str, b: str) -> dict[tuple, dict[tuple, float]]:
-    """{(student, epochs): {(teacher sha, seed): a - b, averaged over the folders holding that unit}},
-    with the split(s) each unit was scored on kept alongside under the key ('split', unit)."""
+def unit_differences(rows: list[dict], a: str, b: str) -> dict[tuple, dict[tuple, dict]]:
+    """{(student, epochs): {(teacher sha, seed): {"diff": a - b averaged over the folders holding that
+    unit, "splits": the splits it was scored on}}}; a and b are paired inside one folder only."""
     top1: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: {a: [], b: []})
     splits: dict[tuple, set] = defaultdict(set)
     for r in rows:
@@ -143,7 +141,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for line in table:
         p, t, h = line["pooled"], line["test"], line["holdout"]
-        n_test = sum(u["splits"] == ["test"] for u in line["units"])
+        n_test = t["n"] if t else 0
         spread = "–" if p["std"] is None else f"{100 * p['std']:.2f}"
         print(f"| {line['student']} | {line['epochs']} | {p['n']} ({n_test} + {p['n'] - n_test}) | "
               f"{points(p['mean'])} ± {spread} | [{points(p['low'])}, {points(p['high'])}] | "
